@@ -1,0 +1,210 @@
+//! Sinks: batches in, durable writes out. A sink only writes a group of batches and says
+//! whether a failure is worth retrying; [`drive`] owns batching by size and time, retries with
+//! backoff, dead letters and acknowledgements (a batch's acknowledgement is released when the
+//! sink drops it after a durable write).
+
+pub mod blackhole;
+pub mod console;
+pub mod dead_letter;
+pub mod evaluation;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::event::{Batch, Event};
+use crate::stats::Stats;
+use dead_letter::{DeadLetter, DeadLetters, Reason};
+
+/// `batch.max_events` and `batch.timeout_secs`, as in Vector.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one write.
+    pub max_events: usize,
+    /// Longest wait for a write to fill up, in seconds.
+    pub timeout_secs: f64,
+}
+
+impl BatchConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.max_events == 0 {
+            problems.push(("batch.max_events".into(), "must be at least 1".into()));
+        }
+        if !(self.timeout_secs >= 0.0 && self.timeout_secs < 86_400.0) {
+            problems.push((
+                "batch.timeout_secs".into(),
+                "must be between 0 and 86400 seconds".into(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The server is down or unreachable: retried with backoff for as long as it takes, while
+    /// the pipeline waits.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: retried a few times, then the events go to the dead letters.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a successful write stored.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Events stored.
+    pub events: usize,
+    /// Events the server refused, for the dead letters (with their batch's acknowledgement).
+    pub rejected: Vec<DeadLetter>,
+}
+
+/// A destination. The driver calls `write` with one or more batches and drops them (releasing
+/// their acknowledgements) once it returns `Ok`: return only when the write is durable, or keep
+/// a clone of the acknowledgement until it is.
+pub trait Sink: Send + 'static {
+    /// Whether this sink stores `event` (by its routes); others are skipped.
+    fn accepts(&self, event: &Event) -> bool;
+
+    fn write(
+        &mut self,
+        batches: &[Arc<Batch>],
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send;
+
+    /// Called about once a second when idle (`last == false`) and once at the end
+    /// (`last == true`), to finish what is buffered.
+    fn flush(&mut self, _last: bool) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What the driver needs besides the sink.
+#[derive(Clone)]
+pub struct SinkContext {
+    pub name: String,
+    pub batch: BatchConfig,
+    pub dead_letters: DeadLetters,
+    pub stats: Arc<Stats>,
+}
+
+/// Attempts of a write that fails for a reason other than an unavailable server.
+const MAX_FAILED_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Runs a sink until its input closes and everything is written.
+pub async fn drive<S: Sink>(mut sink: S, mut input: mpsc::Receiver<Arc<Batch>>, ctx: SinkContext) {
+    let timeout = Duration::from_secs_f64(ctx.batch.timeout_secs);
+    loop {
+        let first = tokio::select! {
+            batch = input.recv() => match batch {
+                Some(b) => b,
+                None => break,
+            },
+            _ = sleep(IDLE_FLUSH) => {
+                flush(&mut sink, false, &ctx).await;
+                continue;
+            }
+        };
+        let mut events = first.events.len();
+        let mut pending = vec![first];
+        let deadline = Instant::now() + timeout;
+        let mut closed = false;
+        while events < ctx.batch.max_events {
+            tokio::select! {
+                biased;
+                batch = input.recv() => match batch {
+                    Some(b) => {
+                        events += b.events.len();
+                        pending.push(b);
+                    }
+                    None => {
+                        closed = true;
+                        break;
+                    }
+                },
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        write(&mut sink, &pending, &ctx).await;
+        drop(pending);
+        if closed {
+            break;
+        }
+    }
+    flush(&mut sink, true, &ctx).await;
+}
+
+/// Writes with retries; after the retry budget, dead letters what this sink accepts.
+async fn write<S: Sink>(sink: &mut S, batches: &[Arc<Batch>], ctx: &SinkContext) {
+    let counters = ctx.stats.component(&ctx.name);
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0;
+    loop {
+        match sink.write(batches).await {
+            Ok(written) => {
+                counters.events.fetch_add(written.events as u64, Relaxed);
+                counters.batches.fetch_add(1, Relaxed);
+                ctx.dead_letters.send_all(written.rejected).await;
+                return;
+            }
+            Err(SinkError::Unavailable(message)) => {
+                tracing::warn!(sink = %ctx.name, "Cannot write: {message}. Retrying in {backoff:?}; the pipeline waits.");
+            }
+            Err(SinkError::Failed(message)) => {
+                failures += 1;
+                if failures >= MAX_FAILED_ATTEMPTS {
+                    tracing::error!(sink = %ctx.name, "Giving up on a write after {failures} attempts: {message}. Its events go to the dead letters.");
+                    for batch in batches {
+                        for event in batch.events.iter().filter(|e| sink.accepts(e)) {
+                            let letter = DeadLetter::from_event(
+                                Reason::Undeliverable,
+                                format!("sinks.{}: {message}", ctx.name),
+                                &ctx.name,
+                                event,
+                            );
+                            ctx.dead_letters.send(letter.with_ack(&batch.ack)).await;
+                        }
+                    }
+                    return;
+                }
+                tracing::warn!(sink = %ctx.name, "Write failed: {message}. Retrying in {backoff:?}.");
+            }
+        }
+        counters.retries.fetch_add(1, Relaxed);
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Flushes with retries for as long as the server is unavailable.
+async fn flush<S: Sink>(sink: &mut S, last: bool, ctx: &SinkContext) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0;
+    loop {
+        match sink.flush(last).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                if matches!(e, SinkError::Failed(_)) && failures >= MAX_FAILED_ATTEMPTS {
+                    tracing::error!(sink = %ctx.name, "Giving up flushing: {e}.");
+                    return;
+                }
+                tracing::warn!(sink = %ctx.name, "Flushing failed: {e}. Retrying in {backoff:?}.");
+                ctx.stats.component(&ctx.name).retries.fetch_add(1, Relaxed);
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The running pipeline: components built from a validated config, connected by bounded
+//! channels (a slow sink slows the sources instead of growing memory), and drained in order
+//! when the sources end or on shutdown.
+//!
+//! Every edge holds at most [`QUEUE_BATCHES`] batches of at most about
+//! [`crate::sources::CHUNK_BYTES`] of input each (a single line may be up to `max_line_bytes`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::event::Batch;
+use crate::sinks::blackhole::Blackhole;
+use crate::sinks::console::Console;
+use crate::sinks::dead_letter::{self, DeadLetters};
+use crate::sinks::{BatchConfig, SinkContext, drive};
+use crate::sources::{self, SourceContext};
+use crate::stats::Stats;
+use crate::transforms::Transform;
+use crate::transforms::redact::Redactor;
+
+/// Batches waiting on one edge of the graph.
+pub const QUEUE_BATCHES: usize = 4;
+
+/// The senders to every component downstream of one component. Sending shares the batch
+/// (`Arc`) and waits while any downstream queue is full.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    senders: Vec<mpsc::Sender<Arc<Batch>>>,
+}
+
+/// Every downstream component has stopped.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Fanout {
+    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+        let batch = Arc::new(batch);
+        let mut delivered = false;
+        for tx in &self.senders {
+            delivered |= tx.send(batch.clone()).await.is_ok();
+        }
+        if delivered { Ok(()) } else { Err(Closed) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{0}")]
+    Build(String),
+    #[error("sources.{name}: {message}")]
+    Source { name: String, message: String },
+}
+
+/// What a finished run reports.
+pub struct Report {
+    pub stats: Arc<Stats>,
+    pub sinks: Vec<String>,
+    pub dead_letter_dir: PathBuf,
+}
+
+/// Runs the pipeline until its sources end, or until `shutdown` is cancelled, then drains:
+/// returns when every accepted event is stored or in the dead letters.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Report, TopologyError> {
+    let stats = Arc::new(Stats::default());
+    let dead_letter_dir = config.dead_letter_dir();
+    let redactor = dead_letter_redactor(config)?;
+    let (dead_letters, dead_letter_thread) =
+        dead_letter::spawn(dead_letter_dir.clone(), redactor, stats.clone());
+    let result = run_graph(config, shutdown, stats.clone(), dead_letters).await;
+    tokio::task::spawn_blocking(move || dead_letter_thread.join())
+        .await
+        .ok();
+    result?;
+    Ok(Report {
+        stats,
+        sinks: config
+            .sinks
+            .iter()
+            .filter(|s| !matches!(s.config, SinkConfig::DeadLetter(_)))
+            .map(|s| s.name.clone())
+            .collect(),
+        dead_letter_dir,
+    })
+}
+
+/// Dead letters are redacted with the rules of the pipeline's first redact transform, or the
+/// built-in rules when it has none: nothing secret leaves the process.
+fn dead_letter_redactor(config: &Config) -> Result<Arc<Redactor>, TopologyError> {
+    for t in &config.transforms {
+        if let crate::config::TransformConfig::Redact(c) = &t.config {
+            return Redactor::new(c)
+                .map(Arc::new)
+                .map_err(|e| TopologyError::Build(format!("transforms.{}: {e}", t.name)));
+        }
+    }
+    Ok(Arc::new(Redactor::builtin().clone()))
+}
+
+async fn run_graph(
+    config: &Config,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+    dead_letters: DeadLetters,
+) -> Result<(), TopologyError> {
+    // One bounded queue in front of every transform and sink.
+    let mut senders: BTreeMap<String, mpsc::Sender<Arc<Batch>>> = BTreeMap::new();
+    let mut receivers: BTreeMap<String, mpsc::Receiver<Arc<Batch>>> = BTreeMap::new();
+    let consumers = config
+        .transforms
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(config.sinks.iter().map(|s| s.name.as_str()));
+    for name in consumers {
+        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+        senders.insert(name.to_string(), tx);
+        receivers.insert(name.to_string(), rx);
+    }
+    let fanout_of = |producer: &str| Fanout {
+        senders: config
+            .transforms
+            .iter()
+            .map(|t| (&t.name, &t.inputs))
+            .chain(config.sinks.iter().map(|s| (&s.name, &s.inputs)))
+            .filter(|(_, inputs)| inputs.iter().any(|i| i == producer))
+            .map(|(name, _)| senders[name].clone())
+            .collect(),
+    };
+
+    let mut sink_tasks: Vec<JoinHandle<()>> = Vec::new();
+    for sink in &config.sinks {
+        let rx = receivers.remove(&sink.name).expect("made above");
+        let ctx = |batch: BatchConfig| SinkContext {
+            name: sink.name.clone(),
+            batch,
+            dead_letters: dead_letters.clone(),
+            stats: stats.clone(),
+        };
+        let immediate = BatchConfig {
+            max_events: 10_000,
+            timeout_secs: 0.0,
+        };
+        sink_tasks.push(match &sink.config {
+            SinkConfig::DeadLetter(_) => continue,
+            SinkConfig::Console(_) => tokio::spawn(drive(Console::new(), rx, ctx(immediate))),
+            SinkConfig::Blackhole(_) => tokio::spawn(drive(Blackhole, rx, ctx(immediate))),
+        });
+    }
+
+    let mut transform_tasks = Vec::new();
+    for t in config.transforms_in_order() {
+        let transform = Arc::new(
+            Transform::build(&t.name, &t.config)
+                .map_err(|e| TopologyError::Build(e.to_string()))?,
+        );
+        let rx = receivers.remove(&t.name).expect("made above");
+        transform_tasks.push(tokio::spawn(run_transform(
+            t.name.clone(),
+            transform,
+            rx,
+            fanout_of(&t.name),
+            dead_letters.clone(),
+            stats.clone(),
+        )));
+    }
+
+    let mut source_tasks = Vec::new();
+    for s in &config.sources {
+        let ctx = SourceContext {
+            name: s.name.clone(),
+            output: fanout_of(&s.name),
+            dead_letters: dead_letters.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            data_dir: config.data_dir.clone(),
+        };
+        let name = s.name.clone();
+        let task = match s.config.clone() {
+            SourceConfig::Stdin(c) => tokio::spawn(sources::stdin::run(c, ctx)),
+            SourceConfig::Tcp(c) => tokio::spawn(sources::tcp::run(c, ctx)),
+            SourceConfig::File(c) => tokio::spawn(sources::file::run(c, ctx)),
+            SourceConfig::Replay(c) => tokio::spawn(sources::replay::run(c, ctx)),
+        };
+        source_tasks.push((name, task));
+    }
+    // From here on only the components hold senders: the graph closes from the sources down.
+    drop(senders);
+    drop(dead_letters);
+
+    let mut failure = None;
+    for (name, task) in source_tasks {
+        let outcome = task
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(message) = outcome {
+            tracing::error!(source = %name, "The source stopped: {message}.");
+            // One source failing stops the others, so that the run ends and says why.
+            shutdown.cancel();
+            failure.get_or_insert(TopologyError::Source { name, message });
+        }
+    }
+    for task in transform_tasks.into_iter().chain(sink_tasks) {
+        let _ = task.await;
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Applies a transform to batches on all cores, keeping their order.
+async fn run_transform(
+    name: String,
+    transform: Arc<Transform>,
+    input: mpsc::Receiver<Arc<Batch>>,
+    output: Fanout,
+    dead_letters: DeadLetters,
+    stats: Arc<Stats>,
+) {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let counters = stats.component(&name);
+    let batches =
+        futures_util::stream::unfold(
+            input,
+            |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+        )
+        .map(|batch| {
+            let transform = transform.clone();
+            let dead_letters = dead_letters.clone();
+            async move {
+                transform
+                    .apply(Arc::unwrap_or_clone(batch), &dead_letters)
+                    .await
+            }
+        })
+        .buffered(workers);
+    futures_util::pin_mut!(batches);
+    while let Some(batch) = batches.next().await {
+        if batch.events.is_empty() {
+            continue;
+        }
+        counters.events.fetch_add(
+            batch.events.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if output.send(batch).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The topology in words, for `evalsink validate`.
+pub fn describe(config: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "config {} is valid", config.path.display());
+    for c in &config.sources {
+        let _ = writeln!(s, "  source    {} ({})", c.name, c.config.type_name());
+    }
+    for c in config.transforms_in_order() {
+        let _ = writeln!(
+            s,
+            "  transform {} ({}) <- {}",
+            c.name,
+            c.config.type_name(),
+            c.inputs.join(", ")
+        );
+    }
+    for c in &config.sinks {
+        let inputs = if c.inputs.is_empty() {
+            "every component's dead letters".to_string()
+        } else {
+            c.inputs.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "  sink      {} ({}) <- {}",
+            c.name,
+            c.config.type_name(),
+            inputs
+        );
+    }
+    if !config
+        .sinks
+        .iter()
+        .any(|c| matches!(c.config, SinkConfig::DeadLetter(_)))
+    {
+        let _ = writeln!(
+            s,
+            "  dead letters -> {}",
+            config.dead_letter_dir().display()
+        );
+    }
+    s
+}
+
+/// Graph output formats of `evalsink graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+/// The topology as a Mermaid flowchart or a Graphviz digraph.
+pub fn graph(config: &Config, format: GraphFormat) -> String {
+    let mut nodes: Vec<(String, String, &str)> = Vec::new();
+    for c in &config.sources {
+        nodes.push((c.name.clone(), c.config.type_name().to_string(), "source"));
+    }
+    for c in &config.transforms {
+        nodes.push((
+            c.name.clone(),
+            c.config.type_name().to_string(),
+            "transform",
+        ));
+    }
+    for c in &config.sinks {
+        nodes.push((c.name.clone(), c.config.type_name().to_string(), "sink"));
+    }
+    let edges: Vec<(&str, &str)> = config
+        .transforms
+        .iter()
+        .map(|t| (&t.name, &t.inputs))
+        .chain(config.sinks.iter().map(|s| (&s.name, &s.inputs)))
+        .flat_map(|(to, inputs)| inputs.iter().map(move |from| (from.as_str(), to.as_str())))
+        .collect();
+    let id = |name: &str| -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let mut s = String::new();
+    match format {
+        GraphFormat::Mermaid => {
+            s.push_str("flowchart LR\n");
+            for (name, type_name, role) in &nodes {
+                let (open, close) = match *role {
+                    "source" => ("([", "])"),
+                    "transform" => ("[", "]"),
+                    _ => ("[(", ")]"),
+                };
+                let _ = writeln!(s, "    {}{open}\"{name}<br/>{type_name}\"{close}", id(name));
+            }
+            for (from, to) in edges {
+                let _ = writeln!(s, "    {} --> {}", id(from), id(to));
+            }
+        }
+        GraphFormat::Dot => {
+            s.push_str("digraph evalsink {\n    rankdir=LR;\n");
+            for (name, type_name, role) in &nodes {
+                let shape = match *role {
+                    "source" => "ellipse",
+                    "transform" => "box",
+                    _ => "cylinder",
+                };
+                let _ = writeln!(
+                    s,
+                    "    \"{name}\" [label=\"{name}\\n{type_name}\", shape={shape}];"
+                );
+            }
+            for (from, to) in edges {
+                let _ = writeln!(s, "    \"{from}\" -> \"{to}\";");
+            }
+            s.push_str("}\n");
+        }
+    }
+    s
+}

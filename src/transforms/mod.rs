@@ -1,0 +1,64 @@
+//! Transforms: a batch in, a batch out. `classify` sets routes, `redact` removes secrets.
+//! CPU-heavy work runs on the blocking pool so that batches are transformed on all cores.
+
+pub mod classify;
+pub mod redact;
+
+use std::sync::Arc;
+
+use crate::config::TransformConfig;
+use crate::event::Batch;
+use crate::sinks::dead_letter::DeadLetters;
+use classify::{Classification, Classify};
+use redact::Redactor;
+
+pub enum Transform {
+    Classify(Classify),
+    Redact(Arc<Redactor>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("transforms.{name}: {message}")]
+    Invalid { name: String, message: String },
+}
+
+impl Transform {
+    pub fn build(name: &str, config: &TransformConfig) -> Result<Transform, BuildError> {
+        let invalid = |message: String| BuildError::Invalid {
+            name: name.to_string(),
+            message,
+        };
+        Ok(match config {
+            TransformConfig::Classify(c) => Transform::Classify(Classify {
+                name: name.to_string(),
+                rules: Classification::load(c).map_err(|e| invalid(e.to_string()))?,
+            }),
+            TransformConfig::Redact(c) => Transform::Redact(Arc::new(
+                Redactor::new(c).map_err(|e| invalid(e.to_string()))?,
+            )),
+        })
+    }
+
+    pub async fn apply(&self, batch: Batch, dead_letters: &DeadLetters) -> Batch {
+        match self {
+            Transform::Classify(c) => c.apply(batch, dead_letters).await,
+            Transform::Redact(r) => {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || redact_batch(&r, batch))
+                    .await
+                    .expect("redaction does not panic")
+            }
+        }
+    }
+}
+
+/// Redacts every string of every event in place.
+pub fn redact_batch(redactor: &Redactor, mut batch: Batch) -> Batch {
+    for event in &mut batch.events {
+        event.for_each_string_mut(&mut |s| {
+            redactor.redact_string(s);
+        });
+    }
+    batch
+}
