@@ -11,7 +11,7 @@ use local::{LocalStore, LocalUpload};
 
 /// A `store` key: a URL string, or a table with the URL and S3 settings.
 ///
-/// ```toml
+/// ```text
 /// store = "file://./data"
 /// store = { url = "s3://bucket/prefix", region = "eu-west-1", endpoint = "http://127.0.0.1:5000", sse = "aws:kms", kms_key_id = "..." }
 /// ```

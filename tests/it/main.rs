@@ -1,0 +1,4 @@
+//! Integration tests against the real PostgreSQL, Redis and S3-compatible server that
+//! `scripts/services.sh` starts. One test binary, a module per service.
+
+mod common;
