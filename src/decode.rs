@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{Body, Event, EventType, Routes};
 use crate::sinks::dead_letter::{DeadLetter, Origin, Reason};
-use crate::sources::lines::split_lines;
+use crate::sources::lines::{TOO_LONG_PREFIX_BYTES, split_lines};
 use crate::transforms::classify::Classification;
 
 /// Why a line was refused, with a message for the dead letter record.
@@ -66,8 +66,16 @@ pub fn decode_chunk(
         match result {
             Ok(event) => out.events.push(event),
             Err(refusal) => {
-                out.dead
-                    .push(DeadLetter::from_line(refusal, origin.at_line(number), line))
+                let kept = if refusal.reason == Reason::LineTooLong {
+                    &line[..line.len().min(TOO_LONG_PREFIX_BYTES)]
+                } else {
+                    line
+                };
+                let mut letter = DeadLetter::from_line(refusal, origin.at_line(number), kept);
+                if kept.len() < line.len() {
+                    letter.raw_bytes = Some(line.len() as u64);
+                }
+                out.dead.push(letter);
             }
         }
     }
@@ -76,12 +84,8 @@ pub fn decode_chunk(
 
 /// Parses one line (without its newline).
 pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
-    if let Err(e) = std::str::from_utf8(line) {
-        return Err(Refusal::new(
-            Reason::InvalidUtf8,
-            format!("not valid UTF-8: {e}"),
-        ));
-    }
+    // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
+    // a line it refused.
     let mut map: Map<String, Value> = match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(map)) => map,
         Ok(other) => {
@@ -90,7 +94,12 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
                 format!("expected a JSON object, found {}", json_kind(&other)),
             ));
         }
-        Err(e) => return Err(Refusal::new(Reason::InvalidJson, e.to_string())),
+        Err(e) => {
+            return Err(match std::str::from_utf8(line) {
+                Err(utf8) => Refusal::new(Reason::InvalidUtf8, format!("not valid UTF-8: {utf8}")),
+                Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
+            });
+        }
     };
     let type_name = match map.remove("type") {
         Some(Value::String(s)) => s,

@@ -191,12 +191,16 @@ fn prefix_of(line: &[u8]) -> Bytes {
 /// The lines of a chunk with their numbers: `\n` and a trailing `\r` removed.
 pub fn split_lines(data: &[u8], first_line: u64) -> impl Iterator<Item = (u64, &[u8])> {
     let body = data.strip_suffix(b"\n").unwrap_or(data);
-    body.split(|b| *b == b'\n')
-        .enumerate()
-        .map(move |(i, line)| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            (first_line + i as u64, line)
-        })
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    let mut number = first_line;
+    std::iter::from_fn(move || {
+        let end = ends.next()?;
+        let line = &body[start..end];
+        start = end + 1;
+        number += 1;
+        Some((number - 1, line.strip_suffix(b"\r").unwrap_or(line)))
+    })
 }
 
 #[cfg(test)]

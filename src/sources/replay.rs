@@ -150,9 +150,14 @@ fn read_frames(
     };
     let mut framer = LineFramer::new(max_line_bytes, CHUNK_BYTES);
     let mut buf = BytesMut::with_capacity(2 * CHUNK_BYTES);
-    let mut scratch = vec![0u8; CHUNK_BYTES];
     loop {
-        let n = match reader.read(&mut scratch) {
+        // Read straight into the buffer's free space (no second copy).
+        buf.reserve(CHUNK_BYTES);
+        let filled = buf.len();
+        buf.resize(filled + CHUNK_BYTES, 0);
+        let result = reader.read(&mut buf[filled..]);
+        buf.truncate(filled + *result.as_ref().unwrap_or(&0));
+        let n = match result {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -163,7 +168,6 @@ fn read_frames(
         if n == 0 {
             break;
         }
-        buf.extend_from_slice(&scratch[..n]);
         loop {
             match framer.decode(&mut buf) {
                 Ok(Some(frame)) => {
