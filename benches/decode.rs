@@ -39,7 +39,10 @@ fn decode_classify(c: &mut Criterion) {
             let mut buf = bytes::BytesMut::from(&data[..]);
             let mut events = 0;
             while let Some(frame) = framer.decode_eof(&mut buf).unwrap() {
-                if let Frame::Lines { data, first_line, .. } = frame {
+                if let Frame::Lines {
+                    data, first_line, ..
+                } = frame
+                {
                     let decoded = decode_chunk(&data, first_line, &origin, 64 << 20, Utc::now());
                     for e in &decoded.events {
                         black_box(rules.routes(e.event_type()));

@@ -318,7 +318,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let (tx, handle) = spawn(
             dir.path().to_path_buf(),
-            Arc::new(Redactor::builtin().clone()),
+            Arc::new(Redactor::new(&Default::default()).expect("the built-in rules compile")),
             stats.clone(),
         );
         let (ack, rx) = Ack::new();

@@ -536,3 +536,40 @@ fn sigterm_during_a_replay_drains_what_was_accepted() {
         "{err}"
     );
 }
+
+#[test]
+fn secrets_never_reach_a_sink_or_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        r#"
+data_dir = "DATA"
+[sources.in]
+type = "stdin"
+[transforms.redact]
+type = "redact"
+inputs = ["in"]
+[sinks.out]
+type = "console"
+inputs = ["redact"]
+"#,
+    );
+    let key = "AKIAIOSFODNN7EXAMPLE";
+    let token = "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";
+    let input = format!(
+        "{}\n{{\"type\":\"EVALUATION_FAILED\",\"eval_id\":\"e1\",\"error\":\"connect postgres://app:hunter2secret@db:5432/x\",\"traceback\":\"GITHUB_TOKEN={token}\",\"extra\":{{\"nested\":[\"{key}\"]}}}}\n{{broken {key}\n",
+        r#"{"type":"EVALUATION_QUEUED","eval_id":"e1","code":"aws_key = 'AKIAIOSFODNN7EXAMPLE'\nsha = 'da39a3ee5e6b4b0d3255bfef95601890afd80709'","language":"python","engine":"docker","timeout":5,"metadata":{}}"#
+    );
+    let out = run_with_stdin(&["run", "-c", &cfg], input.as_bytes(), dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2);
+    for secret in [key, token, "hunter2secret"] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    assert!(stdout.contains("[REDACTED:"), "{stdout}");
+    assert!(stdout.contains("da39a3ee5e6b4b0d3255bfef95601890afd80709"), "hashes stay");
+    let dead = dead_letters(&dir.path().join("data/dead-letter"));
+    assert_eq!(dead.len(), 1);
+    assert!(!dead[0]["raw"].as_str().unwrap().contains(key), "{:?}", dead[0]);
+}
