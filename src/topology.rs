@@ -20,6 +20,7 @@ use crate::event::Batch;
 use crate::sinks::blackhole::Blackhole;
 use crate::sinks::console::Console;
 use crate::sinks::dead_letter::{self, DeadLetters};
+use crate::sinks::parquet::ParquetSink;
 use crate::sinks::{BatchConfig, SinkContext, drive};
 use crate::sources::{self, SourceContext};
 use crate::stats::Stats;
@@ -153,6 +154,13 @@ async fn run_graph(
             SinkConfig::DeadLetter(_) => continue,
             SinkConfig::Console(_) => tokio::spawn(drive(Console::new(), rx, ctx(immediate))),
             SinkConfig::Blackhole(_) => tokio::spawn(drive(Blackhole, rx, ctx(immediate))),
+            SinkConfig::Parquet(c) => {
+                let store = crate::store::Store::open(&c.store).await.map_err(|e| {
+                    TopologyError::Build(format!("sinks.{}: cannot open the store: {e}", sink.name))
+                })?;
+                let parquet = ParquetSink::new(&sink.name, store, c.clone());
+                tokio::spawn(drive(parquet, rx, ctx(c.batch)))
+            }
         });
     }
 

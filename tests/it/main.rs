@@ -4,3 +4,4 @@
 mod common;
 mod pipeline;
 mod redact_corpus;
+mod parquet;
