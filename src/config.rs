@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::sinks::blackhole::BlackholeConfig;
 use crate::sinks::console::ConsoleConfig;
 use crate::sinks::dead_letter::DeadLetterConfig;
+use crate::sinks::redis::RedisConfig;
 use crate::sources::file::FileConfig;
 use crate::sources::replay::ReplayConfig;
 use crate::sources::stdin::StdinConfig;
@@ -70,6 +71,7 @@ pub enum SinkConfig {
     DeadLetter(DeadLetterConfig),
     Console(ConsoleConfig),
     Blackhole(BlackholeConfig),
+    Redis(RedisConfig),
 }
 
 impl SourceConfig {
@@ -98,13 +100,14 @@ impl SinkConfig {
             SinkConfig::DeadLetter(_) => "dead_letter",
             SinkConfig::Console(_) => "console",
             SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::Redis(_) => "redis",
         }
     }
 }
 
 const SOURCE_TYPES: &[&str] = &["stdin", "tcp", "file"];
 const TRANSFORM_TYPES: &[&str] = &["classify", "redact"];
-const SINK_TYPES: &[&str] = &["dead_letter", "console", "blackhole"];
+const SINK_TYPES: &[&str] = &["dead_letter", "console", "blackhole", "redis"];
 
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -703,8 +706,15 @@ impl ComponentKind for SinkConfig {
         Ok(match type_name {
             "dead_letter" => SinkConfig::DeadLetter(typed(body)?),
             "console" => SinkConfig::Console(typed(body)?),
+            "redis" => SinkConfig::Redis(typed(body)?),
             _ => SinkConfig::Blackhole(typed(body)?),
         })
+    }
+    fn check(&self) -> Vec<(String, String)> {
+        match self {
+            SinkConfig::Redis(c) => c.check(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -923,6 +933,7 @@ inputs = ["classify"]
             ("transforms", "redact", "inputs = [\"in\"]\n"),
             ("sinks", "console", "inputs = [\"in\"]\n"),
             ("sinks", "blackhole", "inputs = [\"in\"]\n"),
+            ("sinks", "redis", "inputs = [\"in\"]\n"),
             ("sinks", "dead_letter", ""),
         ];
         for (kind, type_name, extra) in cases {

@@ -7,6 +7,7 @@ pub mod blackhole;
 pub mod console;
 pub mod dead_letter;
 pub mod evaluation;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;

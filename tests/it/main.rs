@@ -2,3 +2,4 @@
 //! `scripts/services.sh` starts. One test binary, a module per service.
 
 mod common;
+mod redis;
