@@ -12,6 +12,7 @@ use crate::sinks::blackhole::BlackholeConfig;
 use crate::sinks::console::ConsoleConfig;
 use crate::sinks::dead_letter::DeadLetterConfig;
 use crate::sinks::parquet::ParquetConfig;
+use crate::sinks::redis::RedisConfig;
 use crate::sources::file::FileConfig;
 use crate::sources::replay::ReplayConfig;
 use crate::sources::stdin::StdinConfig;
@@ -72,6 +73,7 @@ pub enum SinkConfig {
     Console(ConsoleConfig),
     Blackhole(BlackholeConfig),
     Parquet(ParquetConfig),
+    Redis(RedisConfig),
 }
 
 impl SourceConfig {
@@ -101,13 +103,14 @@ impl SinkConfig {
             SinkConfig::Console(_) => "console",
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Redis(_) => "redis",
         }
     }
 }
 
 const SOURCE_TYPES: &[&str] = &["stdin", "tcp", "file"];
 const TRANSFORM_TYPES: &[&str] = &["classify", "redact"];
-const SINK_TYPES: &[&str] = &["dead_letter", "console", "blackhole", "parquet"];
+const SINK_TYPES: &[&str] = &["dead_letter", "console", "blackhole", "parquet", "redis"];
 
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -707,12 +710,14 @@ impl ComponentKind for SinkConfig {
             "dead_letter" => SinkConfig::DeadLetter(typed(body)?),
             "console" => SinkConfig::Console(typed(body)?),
             "parquet" => SinkConfig::Parquet(typed(body)?),
+            "redis" => SinkConfig::Redis(typed(body)?),
             _ => SinkConfig::Blackhole(typed(body)?),
         })
     }
     fn check(&self) -> Vec<(String, String)> {
         match self {
             SinkConfig::Parquet(c) => c.check(),
+            SinkConfig::Redis(c) => c.check(),
             _ => Vec::new(),
         }
     }
@@ -934,6 +939,7 @@ inputs = ["classify"]
             ("sinks", "console", "inputs = [\"in\"]\n"),
             ("sinks", "blackhole", "inputs = [\"in\"]\n"),
             ("sinks", "parquet", "inputs = [\"in\"]\n"),
+            ("sinks", "redis", "inputs = [\"in\"]\n"),
             ("sinks", "dead_letter", ""),
         ];
         for (kind, type_name, extra) in cases {

@@ -21,6 +21,7 @@ use crate::sinks::blackhole::Blackhole;
 use crate::sinks::console::Console;
 use crate::sinks::dead_letter::{self, DeadLetters};
 use crate::sinks::parquet::ParquetSink;
+use crate::sinks::redis::{RedisSink, cache_channel};
 use crate::sinks::{BatchConfig, SinkContext, drive};
 use crate::sources::{self, SourceContext};
 use crate::stats::Stats;
@@ -137,6 +138,21 @@ async fn run_graph(
             .collect(),
     };
 
+    // The write-through cache: the postgres sinks send the rows they commit to the first redis
+    // sink's evaluation cache. Each postgres sink gets a clone of `cache_tx`.
+    let has = |type_name: &str| {
+        config
+            .sinks
+            .iter()
+            .any(|s| s.config.type_name() == type_name)
+    };
+    let (cache_tx, mut cache_rx) = if has("postgres") && has("redis") {
+        let (tx, rx) = cache_channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+
     let mut sink_tasks: Vec<JoinHandle<()>> = Vec::new();
     for sink in &config.sinks {
         let rx = receivers.remove(&sink.name).expect("made above");
@@ -150,7 +166,7 @@ async fn run_graph(
             max_events: 10_000,
             timeout_secs: 0.0,
         };
-        sink_tasks.push(match &sink.config {
+        let task = match &sink.config {
             SinkConfig::DeadLetter(_) => continue,
             SinkConfig::Console(_) => tokio::spawn(drive(Console::new(), rx, ctx(immediate))),
             SinkConfig::Blackhole(_) => tokio::spawn(drive(Blackhole, rx, ctx(immediate))),
@@ -161,8 +177,20 @@ async fn run_graph(
                 let parquet = ParquetSink::new(&sink.name, store, c.clone());
                 tokio::spawn(drive(parquet, rx, ctx(c.batch)))
             }
-        });
+            SinkConfig::Redis(c) => {
+                let build = |e| TopologyError::Build(format!("sinks.{}: {e}", sink.name));
+                let redis = RedisSink::connect(&sink.name, c).await.map_err(build)?;
+                if let Some(updates) = cache_rx.take() {
+                    let cache = redis.eval_cache().map_err(build)?;
+                    sink_tasks.push(tokio::spawn(cache.run(updates, ctx(c.batch))));
+                }
+                tokio::spawn(drive(redis, rx, ctx(c.batch)))
+            }
+        };
+        sink_tasks.push(task);
     }
+    // The postgres sinks hold their clones; the cache ends when the last of them stops.
+    drop(cache_tx);
 
     let mut transform_tasks = Vec::new();
     for t in config.transforms_in_order() {

@@ -8,6 +8,7 @@ pub mod console;
 pub mod dead_letter;
 pub mod evaluation;
 pub mod parquet;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! `scripts/services.sh` starts. One test binary, a module per service.
 
 mod common;
+mod parquet;
 mod pipeline;
 mod redact_corpus;
-mod parquet;
+mod redis;

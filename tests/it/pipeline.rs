@@ -561,15 +561,26 @@ inputs = ["redact"]
         r#"{"type":"EVALUATION_QUEUED","eval_id":"e1","code":"aws_key = 'AKIAIOSFODNN7EXAMPLE'\nsha = 'da39a3ee5e6b4b0d3255bfef95601890afd80709'","language":"python","engine":"docker","timeout":5,"metadata":{}}"#
     );
     let out = run_with_stdin(&["run", "-c", &cfg], input.as_bytes(), dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 2);
     for secret in [key, token, "hunter2secret"] {
         assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
     }
     assert!(stdout.contains("[REDACTED:"), "{stdout}");
-    assert!(stdout.contains("da39a3ee5e6b4b0d3255bfef95601890afd80709"), "hashes stay");
+    assert!(
+        stdout.contains("da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+        "hashes stay"
+    );
     let dead = dead_letters(&dir.path().join("data/dead-letter"));
     assert_eq!(dead.len(), 1);
-    assert!(!dead[0]["raw"].as_str().unwrap().contains(key), "{:?}", dead[0]);
+    assert!(
+        !dead[0]["raw"].as_str().unwrap().contains(key),
+        "{:?}",
+        dead[0]
+    );
 }
