@@ -31,7 +31,8 @@ measure() { # $1 = label, $2 = config
   for _ in $(seq "$RUNS"); do
     local start end secs rss
     start=$(date +%s.%N)
-    rss=$( { /usr/bin/time -f '%M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>/dev/null; } 2>&1 | tail -n1)
+    /usr/bin/time -o "$WORK/time.txt" -f '%M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
+    rss=$(tail -n1 "$WORK/time.txt")
     end=$(date +%s.%N)
     secs=$(echo "$end - $start" | bc -l)
     rates+=("$(echo "$BYTES / $secs / 1000000" | bc -l)")
