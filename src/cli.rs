@@ -1,4 +1,4 @@
-//! The command line: `run`, `replay`, `validate`, `graph`, `generate`.
+//! The command line: `run`, `replay`, `validate`, `graph`, `migrate`, `generate`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, SourceConfig};
+use crate::config::{self, Config, SinkConfig, SourceConfig};
 use crate::generate::{GenerateOptions, generate};
+use crate::sinks::postgres;
 use crate::sources::replay::{self, ReplayConfig};
 use crate::topology::{self, GraphFormat};
 
@@ -56,6 +57,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Apply the PostgreSQL migrations to the database of every postgres sink of the config
+    /// (or to --database-url), creating the database when it is missing.
+    Migrate {
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The database to migrate instead of the config's (a PostgreSQL URL).
+        #[arg(long, env = "EVALSINK_MIGRATE_URL")]
+        database_url: Option<String>,
+    },
     /// Write realistic sample events to stdout.
     Generate(GenerateOptions),
 }
@@ -68,6 +78,24 @@ pub struct RunArgs {
     /// Exit with code 3 when any line went to the dead letters.
     #[arg(long)]
     pub fail_on_dead_letter: bool,
+    /// Do not apply the PostgreSQL migrations at start (the schema is managed elsewhere).
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+impl RunArgs {
+    /// Loads the config, with the command line's overrides.
+    fn load(&self) -> Result<Config, config::ConfigError> {
+        let mut c = Config::load(&self.config)?;
+        if self.no_migrate {
+            for sink in &mut c.sinks {
+                if let SinkConfig::Postgres(p) = &mut sink.config {
+                    p.migrate = false;
+                }
+            }
+        }
+        Ok(c)
+    }
 }
 
 /// Exit codes: 0 done, 1 failed while running, 2 bad config or arguments, 3 dead letters with
@@ -102,7 +130,34 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => match Config::load(&args.config) {
+        Command::Migrate {
+            config,
+            database_url,
+        } => {
+            let urls = match database_url {
+                Some(url) => vec![url],
+                None => match Config::load(&config) {
+                    Ok(c) => c
+                        .sinks
+                        .iter()
+                        .filter_map(|s| match &s.config {
+                            SinkConfig::Postgres(p) => Some(p.endpoint.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    Err(e) => return config_error(&e),
+                },
+            };
+            if urls.is_empty() {
+                eprintln!(
+                    "evalsink: {} has no postgres sink; pass --database-url URL to migrate a database.",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+            migrate(&urls)
+        }
+        Command::Run(args) => match args.load() {
             Ok(c) => run_pipeline(c, args.fail_on_dead_letter),
             Err(e) => config_error(&e),
         },
@@ -111,7 +166,7 @@ pub fn main(cli: Cli) -> ExitCode {
             no_progress,
             paths,
         } => {
-            let c = match Config::load(&run.config) {
+            let c = match run.load() {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
@@ -143,6 +198,39 @@ pub fn main(cli: Cli) -> ExitCode {
             )
         }
     }
+}
+
+/// Applies the migrations to each database in turn.
+fn migrate(urls: &[String]) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("evalsink: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        for url in urls {
+            let shown = crate::sinks::redis::redacted_url(url);
+            let pool = match postgres::connect_pool(url, 1).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("evalsink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = postgres::migrate(&pool, url).await {
+                eprintln!("evalsink: {e}");
+                return ExitCode::FAILURE;
+            }
+            let applied = postgres::MIGRATOR.iter().count();
+            eprintln!("evalsink: {shown} is up to date ({applied} migrations).");
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn config_error(e: &config::ConfigError) -> ExitCode {

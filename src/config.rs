@@ -12,6 +12,7 @@ use crate::sinks::blackhole::BlackholeConfig;
 use crate::sinks::console::ConsoleConfig;
 use crate::sinks::dead_letter::DeadLetterConfig;
 use crate::sinks::parquet::ParquetConfig;
+use crate::sinks::postgres::PostgresConfig;
 use crate::sinks::redis::RedisConfig;
 use crate::sources::file::FileConfig;
 use crate::sources::replay::ReplayConfig;
@@ -73,6 +74,7 @@ pub enum SinkConfig {
     Console(ConsoleConfig),
     Blackhole(BlackholeConfig),
     Parquet(ParquetConfig),
+    Postgres(PostgresConfig),
     Redis(RedisConfig),
 }
 
@@ -103,6 +105,7 @@ impl SinkConfig {
             SinkConfig::Console(_) => "console",
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Postgres(_) => "postgres",
             SinkConfig::Redis(_) => "redis",
         }
     }
@@ -110,7 +113,14 @@ impl SinkConfig {
 
 const SOURCE_TYPES: &[&str] = &["stdin", "tcp", "file"];
 const TRANSFORM_TYPES: &[&str] = &["classify", "redact"];
-const SINK_TYPES: &[&str] = &["dead_letter", "console", "blackhole", "parquet", "redis"];
+const SINK_TYPES: &[&str] = &[
+    "dead_letter",
+    "console",
+    "blackhole",
+    "parquet",
+    "postgres",
+    "redis",
+];
 
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -710,6 +720,7 @@ impl ComponentKind for SinkConfig {
             "dead_letter" => SinkConfig::DeadLetter(typed(body)?),
             "console" => SinkConfig::Console(typed(body)?),
             "parquet" => SinkConfig::Parquet(typed(body)?),
+            "postgres" => SinkConfig::Postgres(typed(body)?),
             "redis" => SinkConfig::Redis(typed(body)?),
             _ => SinkConfig::Blackhole(typed(body)?),
         })
@@ -717,6 +728,7 @@ impl ComponentKind for SinkConfig {
     fn check(&self) -> Vec<(String, String)> {
         match self {
             SinkConfig::Parquet(c) => c.check(),
+            SinkConfig::Postgres(c) => c.check(),
             SinkConfig::Redis(c) => c.check(),
             _ => Vec::new(),
         }
@@ -939,6 +951,7 @@ inputs = ["classify"]
             ("sinks", "console", "inputs = [\"in\"]\n"),
             ("sinks", "blackhole", "inputs = [\"in\"]\n"),
             ("sinks", "parquet", "inputs = [\"in\"]\n"),
+            ("sinks", "postgres", "inputs = [\"in\"]\n"),
             ("sinks", "redis", "inputs = [\"in\"]\n"),
             ("sinks", "dead_letter", ""),
         ];

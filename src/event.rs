@@ -255,39 +255,56 @@ impl Event {
         visit_map(&mut self.extra, f);
     }
 
-    /// The whole event as one JSON object, as it would be written back out: every field,
-    /// with stored fields replaced by `{"ref", "size", "sha256", "preview"}`.
+    /// The whole event as one JSON object (see the `Serialize` impl).
     pub fn to_json(&self) -> Map<String, Value> {
-        let mut map = Map::with_capacity(self.extra.len() + 10);
-        map.insert("event_id".into(), Value::String(self.id.clone()));
-        map.insert("type".into(), self.event_type().as_str().into());
-        map.insert("timestamp".into(), format_ts(&self.ts).into());
-        if let Some(tenant) = &self.tenant_id {
-            map.insert("tenant_id".into(), tenant.clone().into());
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => unreachable!("an event serializes to an object"),
         }
-        self.body_json(&mut map);
-        for (k, v) in &self.extra {
-            map.insert(k.clone(), v.clone());
-        }
-        for stored in &self.stored {
-            if let Some(slot) = map.get_mut(&stored.field) {
-                let preview = std::mem::take(slot);
-                *slot = serde_json::json!({
-                    "ref": stored.key,
-                    "size": stored.size,
-                    "sha256": stored.sha256,
-                    "preview": preview,
-                });
+    }
+}
+
+/// The whole event as one JSON object, as it would be written back out (PostgreSQL `payload`,
+/// console, dead letters): `event_id`, `type`, `timestamp`, `tenant_id`, the typed fields, then
+/// the extra fields; a field that split moved out is written as
+/// `{"ref", "size", "sha256", "preview"}`. Serialized from borrowed data, nothing is copied.
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+
+        /// A string field, or its reference when split stored it outside.
+        struct Text<'a>(&'a Event, &'a str, &'a str);
+        impl serde::Serialize for Text<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let Text(event, field, value) = *self;
+                match event.stored(field) {
+                    None => s.serialize_str(value),
+                    Some(stored) => {
+                        let mut m = s.serialize_map(Some(4))?;
+                        m.serialize_entry("ref", &stored.key)?;
+                        m.serialize_entry("size", &stored.size)?;
+                        m.serialize_entry("sha256", &stored.sha256)?;
+                        m.serialize_entry("preview", value)?;
+                        m.end()
+                    }
+                }
             }
         }
-        map
-    }
+        struct Ts<'a>(&'a DateTime<Utc>);
+        impl serde::Serialize for Ts<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&format_ts(self.0))
+            }
+        }
 
-    /// The typed fields as JSON, inserted into `map`.
-    pub fn body_json(&self, map: &mut Map<String, Value>) {
-        let mut put = |k: &str, v: Value| {
-            map.insert(k.to_string(), v);
-        };
+        let mut m = serializer.serialize_map(None)?;
+        m.serialize_entry("event_id", &self.id)?;
+        m.serialize_entry("type", self.event_type().as_str())?;
+        m.serialize_entry("timestamp", &Ts(&self.ts))?;
+        if let Some(tenant) = &self.tenant_id {
+            m.serialize_entry("tenant_id", tenant)?;
+        }
+        let text = |field, value| Text(self, field, value);
         match &self.body {
             Body::EvaluationQueued {
                 eval_id,
@@ -297,21 +314,21 @@ impl Event {
                 timeout,
                 metadata,
             } => {
-                put("eval_id", eval_id.as_str().into());
-                put("code", code.as_str().into());
-                put("language", language.as_str().into());
-                put("engine", engine.as_str().into());
-                put("timeout", number(*timeout));
-                put("metadata", Value::Object(metadata.clone()));
+                m.serialize_entry("eval_id", eval_id)?;
+                m.serialize_entry("code", &text("code", code))?;
+                m.serialize_entry("language", language)?;
+                m.serialize_entry("engine", engine)?;
+                m.serialize_entry("timeout", &number(*timeout))?;
+                m.serialize_entry("metadata", metadata)?;
             }
             Body::EvaluationStarted {
                 eval_id,
                 executor_id,
                 start_time,
             } => {
-                put("eval_id", eval_id.as_str().into());
-                put("executor_id", executor_id.as_str().into());
-                put("start_time", format_ts(start_time).into());
+                m.serialize_entry("eval_id", eval_id)?;
+                m.serialize_entry("executor_id", executor_id)?;
+                m.serialize_entry("start_time", &Ts(start_time))?;
             }
             Body::EvaluationCompleted {
                 eval_id,
@@ -319,35 +336,35 @@ impl Event {
                 success,
                 end_time,
             } => {
-                put("eval_id", eval_id.as_str().into());
-                put("output", output.as_str().into());
-                put("success", (*success).into());
-                put("end_time", format_ts(end_time).into());
+                m.serialize_entry("eval_id", eval_id)?;
+                m.serialize_entry("output", &text("output", output))?;
+                m.serialize_entry("success", success)?;
+                m.serialize_entry("end_time", &Ts(end_time))?;
             }
             Body::EvaluationFailed {
                 eval_id,
                 error,
                 traceback,
             } => {
-                put("eval_id", eval_id.as_str().into());
-                put("error", error.as_str().into());
-                put("traceback", traceback.as_str().into());
+                m.serialize_entry("eval_id", eval_id)?;
+                m.serialize_entry("error", &text("error", error))?;
+                m.serialize_entry("traceback", &text("traceback", traceback))?;
             }
             Body::ExecutorHealth {
                 executor_id,
                 status,
                 metrics,
             } => {
-                put("executor_id", executor_id.as_str().into());
-                put("status", status.as_str().into());
-                put("metrics", Value::Object(metrics.clone()));
+                m.serialize_entry("executor_id", executor_id)?;
+                m.serialize_entry("status", status)?;
+                m.serialize_entry("metrics", metrics)?;
             }
             Body::QueueMetrics {
                 queue_length,
                 processing_count,
             } => {
-                put("queue_length", (*queue_length).into());
-                put("processing_count", (*processing_count).into());
+                m.serialize_entry("queue_length", queue_length)?;
+                m.serialize_entry("processing_count", processing_count)?;
             }
             Body::ContainerCreated {
                 container_id,
@@ -355,21 +372,28 @@ impl Event {
                 image,
                 limits,
             } => {
-                put("container_id", container_id.as_str().into());
-                put("eval_id", eval_id.as_str().into());
-                put("image", image.as_str().into());
-                put("limits", Value::Object(limits.clone()));
+                m.serialize_entry("container_id", container_id)?;
+                m.serialize_entry("eval_id", eval_id)?;
+                m.serialize_entry("image", image)?;
+                m.serialize_entry("limits", limits)?;
             }
             Body::ResourceViolation {
                 container_id,
                 violation_type,
                 details,
             } => {
-                put("container_id", container_id.as_str().into());
-                put("violation_type", violation_type.as_str().into());
-                put("details", Value::Object(details.clone()));
+                m.serialize_entry("container_id", container_id)?;
+                m.serialize_entry("violation_type", violation_type)?;
+                m.serialize_entry("details", details)?;
             }
         }
+        for (key, value) in &self.extra {
+            match value {
+                Value::String(s) => m.serialize_entry(key, &text(key, s))?,
+                _ => m.serialize_entry(key, value)?,
+            }
+        }
+        m.end()
     }
 }
 

@@ -21,6 +21,7 @@ use crate::sinks::blackhole::Blackhole;
 use crate::sinks::console::Console;
 use crate::sinks::dead_letter::{self, DeadLetters};
 use crate::sinks::parquet::ParquetSink;
+use crate::sinks::postgres::PostgresSink;
 use crate::sinks::redis::{RedisSink, cache_channel};
 use crate::sinks::{BatchConfig, SinkContext, drive};
 use crate::sources::{self, SourceContext};
@@ -176,6 +177,12 @@ async fn run_graph(
                 })?;
                 let parquet = ParquetSink::new(&sink.name, store, c.clone());
                 tokio::spawn(drive(parquet, rx, ctx(c.batch)))
+            }
+            SinkConfig::Postgres(c) => {
+                let postgres = PostgresSink::connect(&sink.name, c, cache_tx.clone())
+                    .await
+                    .map_err(|e| TopologyError::Build(format!("sinks.{}: {e}", sink.name)))?;
+                tokio::spawn(drive(postgres, rx, ctx(c.batch)))
             }
             SinkConfig::Redis(c) => {
                 let build = |e| TopologyError::Build(format!("sinks.{}: {e}", sink.name));

@@ -34,7 +34,7 @@ impl Sink for Console {
         let mut text = Vec::new();
         let mut events = 0;
         for event in batches.iter().flat_map(|b| &b.events) {
-            serde_json::to_writer(&mut text, &event.to_json())
+            serde_json::to_writer(&mut text, event)
                 .map_err(|e| SinkError::Failed(e.to_string()))?;
             text.push(b'\n');
             events += 1;

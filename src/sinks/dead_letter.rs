@@ -154,7 +154,7 @@ impl DeadLetter {
             reason,
             message,
             origin: Origin::new(component),
-            raw: Value::Object(event.to_json()).to_string(),
+            raw: serde_json::to_string(event).unwrap_or_default(),
             raw_bytes: None,
             event_id: Some(event.id.clone()),
             ack: None,

@@ -8,6 +8,7 @@ pub mod console;
 pub mod dead_letter;
 pub mod evaluation;
 pub mod parquet;
+pub mod postgres;
 pub mod redis;
 
 use std::future::Future;
@@ -33,7 +34,28 @@ pub struct BatchConfig {
     pub timeout_secs: f64,
 }
 
+/// The `batch` keys as written: either may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchKeys {
+    max_events: Option<usize>,
+    timeout_secs: Option<f64>,
+}
+
 impl BatchConfig {
+    /// Reads `batch`, taking the keys not written from `defaults` (a sink's own); for
+    /// `#[serde(deserialize_with)]`.
+    pub fn or_defaults<'de, D: serde::Deserializer<'de>>(
+        d: D,
+        defaults: BatchConfig,
+    ) -> Result<BatchConfig, D::Error> {
+        let keys = BatchKeys::deserialize(d)?;
+        Ok(BatchConfig {
+            max_events: keys.max_events.unwrap_or(defaults.max_events),
+            timeout_secs: keys.timeout_secs.unwrap_or(defaults.timeout_secs),
+        })
+    }
+
     pub fn check(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.max_events == 0 {

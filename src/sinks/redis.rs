@@ -67,7 +67,7 @@ pub struct RedisConfig {
     #[serde(default)]
     pub tls: RedisTlsConfig,
     /// Events in one pipeline and the longest wait to fill it (default 5000 events, 0.1 s).
-    #[serde(default = "default_batch")]
+    #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
 }
 
@@ -105,6 +105,10 @@ fn default_batch() -> BatchConfig {
         max_events: 5_000,
         timeout_secs: 0.1,
     }
+}
+
+fn batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BatchConfig, D::Error> {
+    BatchConfig::or_defaults(d, default_batch())
 }
 
 impl Default for RedisConfig {

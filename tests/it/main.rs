@@ -4,5 +4,6 @@
 mod common;
 mod parquet;
 mod pipeline;
+mod postgres;
 mod redact_corpus;
 mod redis;

@@ -47,7 +47,7 @@ pub struct ParquetConfig {
     pub row_group_bytes: u64,
     /// `batch.max_events` (default 10000) and `batch.timeout_secs` (default 1): how many
     /// events are encoded together.
-    #[serde(default = "default_batch")]
+    #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
 }
 
@@ -68,6 +68,10 @@ fn default_batch() -> BatchConfig {
         max_events: 10_000,
         timeout_secs: 1.0,
     }
+}
+
+fn batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BatchConfig, D::Error> {
+    BatchConfig::or_defaults(d, default_batch())
 }
 
 impl Default for ParquetConfig {

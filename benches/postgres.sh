@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of the postgres sink against `psql \copy`, in one run on the same rows.
+#
+#   (a) psql \copy of the equivalent rows (exported from a load of the same events) into an
+#       `events` table of the same definition (CREATE TABLE ... (LIKE events INCLUDING ALL));
+#   (b) evalsink replay → classify → postgres, `events` table only;
+#   (c) evalsink replay → classify → postgres, every table (events, evaluations, security).
+#
+# Each is run ROUNDS times (default 3) on a fresh database; medians and ratios are printed.
+#
+#   benches/postgres.sh                 # 100000 events, seed 1
+#   EVENTS=300000 ROUNDS=5 benches/postgres.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS=${EVENTS:-100000}
+SEED=${SEED:-1}
+ROUNDS=${ROUNDS:-3}
+WORK=${BENCH_DIR:-target/bench-postgres}
+BASE=${PG_BASE_URL:-postgres://root@127.0.0.1:5432}
+DB=evalsink_bench
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+
+cargo build --release --quiet
+BIN=$PWD/target/release/evalsink
+INPUT=$WORK/events-$EVENTS-$SEED.ndjson
+[ -s "$INPUT" ] || "$BIN" generate --events "$EVENTS" --seed "$SEED" --large-outputs 0 >"$INPUT"
+BYTES=$(stat -c %s "$INPUT")
+
+# Only the `events` store, for (b).
+cat >"$WORK/events-only.toml" <<'EOF'
+[EVALUATION_QUEUED]
+stores = ["events"]
+[EVALUATION_STARTED]
+stores = ["events"]
+[EVALUATION_COMPLETED]
+stores = ["events"]
+[EVALUATION_FAILED]
+stores = ["events"]
+[EXECUTOR_HEALTH]
+stores = ["events"]
+[QUEUE_METRICS]
+stores = ["events"]
+[CONTAINER_CREATED]
+stores = ["events"]
+[RESOURCE_VIOLATION]
+stores = ["events"]
+EOF
+
+pipeline() { # rules-file-or-empty -> config path
+  local cfg=$WORK/pipeline-$([ -n "$1" ] && echo events || echo all).toml
+  {
+    echo "data_dir = \"$WORK/data\""
+    echo '[sources.in]'
+    echo 'type = "stdin"'
+    echo '[transforms.classify]'
+    echo 'type = "classify"'
+    echo 'inputs = ["in"]'
+    [ -n "$1" ] && echo "rules = \"$1\""
+    echo '[sinks.pg]'
+    echo 'type = "postgres"'
+    echo 'inputs = ["classify"]'
+    echo "endpoint = \"$BASE/$DB\""
+  } >"$cfg"
+  echo "$cfg"
+}
+EVENTS_CFG=$(pipeline "$WORK/events-only.toml")
+ALL_CFG=$(pipeline "")
+
+psql_admin() { psql -X -q -v ON_ERROR_STOP=1 "$BASE/postgres" "$@"; }
+psql_db() { psql -X -q -v ON_ERROR_STOP=1 "$BASE/$DB" "$@"; }
+fresh_db() {
+  psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+  "$BIN" migrate --database-url "$BASE/$DB" 2>/dev/null
+}
+seconds() { # command... -> wall seconds
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; return 1; }
+  end=$(date +%s.%N)
+  awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
+}
+median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# The rows of `events` as psql \copy takes them, exported from a load of the same events.
+ROWS=$WORK/events-$EVENTS-$SEED.copy
+if [ ! -s "$ROWS" ]; then
+  fresh_db
+  "$BIN" replay --no-progress -c "$EVENTS_CFG" "$INPUT" 2>/dev/null
+  psql_db -c "\\copy events (event_id, type, ts, eval_id, tenant_id, payload) TO '$ROWS'"
+fi
+N=$(wc -l <"$ROWS")
+printf 'input: %d events, %.1f MB of NDJSON; %d rows, %.1f MB for \\copy; %s; load %s\n' \
+  "$EVENTS" "$(awk -v b="$BYTES" 'BEGIN{print b/1e6}')" "$N" \
+  "$(awk -v b="$(stat -c %s "$ROWS")" 'BEGIN{print b/1e6}')" \
+  "$(psql_admin -Atc 'SHOW server_version')" "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+copy_ref() {
+  psql_db -c "\\copy events (event_id, type, ts, eval_id, tenant_id, payload) FROM '$ROWS'"
+}
+A=() B=() C=()
+for round in $(seq 1 "$ROUNDS"); do
+  fresh_db
+  A+=("$(seconds copy_ref)")
+  fresh_db
+  B+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$EVENTS_CFG" "$INPUT")")
+  fresh_db
+  C+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$ALL_CFG" "$INPUT")")
+  printf 'round %d: \\copy %ss, events only %ss, all tables %ss\n' "$round" "${A[-1]}" "${B[-1]}" "${C[-1]}"
+done
+MA=$(echo "${A[*]}" | median)
+MB=$(echo "${B[*]}" | median)
+MC=$(echo "${C[*]}" | median)
+rate() { awk -v n="$N" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
+printf '(a) psql \\copy into events:            %8s rows/s (median %ss)\n' "$(rate "$MA")" "$MA"
+printf '(b) evalsink postgres, events only:    %8s rows/s (median %ss), %.2fx \\copy\n' \
+  "$(rate "$MB")" "$MB" "$(awk -v a="$MA" -v b="$MB" 'BEGIN { print a / b }')"
+printf '(c) evalsink postgres, every table:    %8s events/s (median %ss), %.2fx \\copy\n' \
+  "$(rate "$MC")" "$MC" "$(awk -v a="$MA" -v b="$MC" 'BEGIN { print a / b }')"
+psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

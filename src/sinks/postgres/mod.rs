@@ -1,0 +1,804 @@
+//! The `postgres` sink: the tables of SPEC.md ("PostgreSQL") — `events` (append-only, unique
+//! `event_id`), `evaluations` (the order-independent merge of lifecycle events, see [`merge`]),
+//! `security_audit` and `security_events`. A write is acknowledged once every transaction it
+//! made has committed; the rows of `evaluations` it committed then go to the Redis cache.
+//!
+//! A write is set-based: `events` rows go in with binary `COPY` (split over several
+//! connections), the other tables with one statement over column arrays each. Events the server
+//! refuses for their data are found by bisection and go to the dead letters with the server's
+//! error; the rest are stored. A lost connection or a server restart is retried with backoff
+//! by the driver while the pipeline waits.
+
+pub mod merge;
+pub mod rows;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Deserialize;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Postgres, Row};
+
+use super::dead_letter::{DeadLetter, Reason};
+use super::evaluation::{CacheSender, CacheUpdate, EvalRow};
+use super::redis::redacted_url;
+use super::{BatchConfig, Sink, SinkError, Written};
+use crate::event::{Ack, Batch, Body, Event, Route, Routes};
+use merge::{EvalColumns, UPSERT, merge_evaluations};
+use rows::{CopyRows, EVENTS_COPY, json_text, pg_text};
+
+/// The migrations in `migrations/`, compiled in.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Config of the `postgres` sink.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A PostgreSQL URL, `postgres://user:password@host:port/database?sslmode=require`
+    /// (default `postgres://localhost/evalsink`). The database is created when it is missing
+    /// and the user may. The password is never printed or logged.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// Apply the migrations in `migrations/` at start (default true; `--no-migrate` turns it
+    /// off).
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+    /// Connections to the server (default 3). The `events` rows of a write are split over all
+    /// but one of them, and the other tables are written on the rest, in parallel.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Events in one write and the longest wait to fill it (default 4000 events, 1 s).
+    #[serde(default = "default_batch", deserialize_with = "batch")]
+    pub batch: BatchConfig,
+}
+
+fn default_endpoint() -> String {
+    "postgres://localhost/evalsink".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_pool_size() -> u32 {
+    3
+}
+
+fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_events: 4000,
+        timeout_secs: 1.0,
+    }
+}
+
+fn batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BatchConfig, D::Error> {
+    BatchConfig::or_defaults(d, default_batch())
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            endpoint: default_endpoint(),
+            migrate: true,
+            pool_size: default_pool_size(),
+            batch: default_batch(),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("endpoint", &redacted_url(&self.endpoint))
+            .field("migrate", &self.migrate)
+            .field("pool_size", &self.pool_size)
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// Checks that need no I/O; returns (key, message) pairs.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = self.batch.check();
+        let scheme_ok = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|s| self.endpoint.starts_with(s));
+        if let Err(e) = PgConnectOptions::from_str(&self.endpoint)
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                if scheme_ok {
+                    Ok(o)
+                } else {
+                    Err("not postgres://".into())
+                }
+            })
+        {
+            problems.push((
+                "endpoint".into(),
+                format!(
+                    "{} is not a PostgreSQL URL ({e}); write postgres://[user[:password]@]host[:port]/database",
+                    redacted_url(&self.endpoint)
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            problems.push(("pool_size".into(), "must be between 1 and 64".into()));
+        }
+        problems
+    }
+}
+
+/// Why the sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresSinkError {
+    #[error("{url} is not a usable PostgreSQL URL: {message}")]
+    Endpoint { url: String, message: String },
+    #[error(
+        "cannot connect to PostgreSQL at {url}: {message}. Start the server, or fix the endpoint (DATABASE_URL in the default config)."
+    )]
+    Connect { url: String, message: String },
+    #[error(
+        "the database of {url} does not exist and cannot be created: {message}. Create it (createdb), or give a user that may (CREATEDB)."
+    )]
+    CreateDatabase { url: String, message: String },
+    #[error(
+        "cannot apply the migrations to {url}: {message}. Fix the database, or start with --no-migrate if its schema is managed elsewhere."
+    )]
+    Migrate { url: String, message: String },
+}
+
+/// Opens a pool on `endpoint`, creating the database when it is missing (and the user may).
+pub async fn connect_pool(endpoint: &str, size: u32) -> Result<PgPool, PostgresSinkError> {
+    let url = redacted_url(endpoint);
+    let options = PgConnectOptions::from_str(endpoint)
+        .map_err(|e| PostgresSinkError::Endpoint {
+            url: url.clone(),
+            message: e.to_string(),
+        })?
+        // Statements carry event data in their parameters only, but they are long: keep them
+        // out of the logs.
+        .disable_statement_logging();
+    let open = || {
+        PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(10))
+            // A broken connection shows on use and the write is retried; no ping per acquire.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+    };
+    match open().await {
+        Ok(pool) => Ok(pool),
+        Err(e) if database_error_code(&e) == Some("3D000") => {
+            tracing::info!("Creating the database of {url}.");
+            match Postgres::create_database(endpoint).await {
+                Ok(()) => {}
+                // Another process made it meanwhile.
+                Err(e) if database_error_code(&e) == Some("42P04") => {}
+                Err(e) => {
+                    return Err(PostgresSinkError::CreateDatabase {
+                        url,
+                        message: e.to_string(),
+                    });
+                }
+            }
+            open().await.map_err(|e| PostgresSinkError::Connect {
+                url,
+                message: e.to_string(),
+            })
+        }
+        Err(e) => Err(PostgresSinkError::Connect {
+            url,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Applies the migrations (`evalsink migrate`, and at start unless `--no-migrate`).
+pub async fn migrate(pool: &PgPool, endpoint: &str) -> Result<(), PostgresSinkError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| PostgresSinkError::Migrate {
+            url: redacted_url(endpoint),
+            message: e.to_string(),
+        })
+}
+
+fn database_error_code(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| match c {
+            Cow::Borrowed(s) => s,
+            // Codes are static strings in sqlx-postgres; an owned one is never one of ours.
+            Cow::Owned(_) => "",
+        }),
+        _ => None,
+    }
+}
+
+/// How one statement or transaction failed.
+enum Failure {
+    /// The server refused the data of the rows (a data exception, a constraint, a limit): the
+    /// rows are isolated by bisection and the refused ones go to the dead letters.
+    Data(String),
+    /// The server is unreachable or the write failed otherwise: the driver retries it.
+    Sink(SinkError),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        match &e {
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                let message = match (d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+                    .and_then(|p| p.detail())
+                {
+                    Some(detail) => format!("{} ({detail}; SQLSTATE {code})", d.message()),
+                    None => format!("{} (SQLSTATE {code})", d.message()),
+                };
+                match &code[..code.len().min(2)] {
+                    // data exception, integrity constraint, program limit (e.g. an index row
+                    // too large)
+                    "22" | "23" | "54" => Failure::Data(message),
+                    // connection, resources, admin shutdown / cannot connect now, serialization
+                    // and deadlock, lock not available
+                    "08" | "53" | "57" | "40" | "55" => {
+                        Failure::Sink(SinkError::Unavailable(message))
+                    }
+                    _ => Failure::Sink(SinkError::Failed(message)),
+                }
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => Failure::Sink(SinkError::Unavailable(e.to_string())),
+            _ => Failure::Sink(SinkError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// Runs `op` on `0..len`; when the server refuses the data, splits the range in halves and
+/// tries again, down to single rows. Returns the refused rows with the server's error.
+async fn bisect<F, Fut>(len: usize, mut op: F) -> Result<Vec<(usize, String)>, SinkError>
+where
+    F: FnMut(Range<usize>) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let mut refused = Vec::new();
+    let mut ranges = vec![0..len];
+    while let Some(range) = ranges.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        match op(range.clone()).await {
+            Ok(()) => {}
+            Err(Failure::Sink(e)) => return Err(e),
+            Err(Failure::Data(message)) if range.len() == 1 => refused.push((range.start, message)),
+            Err(Failure::Data(_)) => {
+                let mid = range.start + range.len() / 2;
+                ranges.push(mid..range.end);
+                ranges.push(range.start..mid);
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// The tables a write goes to, by route.
+const TABLE_ROUTES: [Route; 4] = [
+    Route::Events,
+    Route::Evaluations,
+    Route::SecurityAudit,
+    Route::SecurityEvents,
+];
+
+pub struct PostgresSink {
+    name: String,
+    pool: PgPool,
+    /// Connections that share the `events` rows of a write.
+    copy_parts: usize,
+    routes: Routes,
+    /// Where committed `evaluations` rows go (the Redis cache), when a redis sink exists.
+    cache: Option<CacheSender>,
+}
+
+impl PostgresSink {
+    /// Connects (creating the database if needed) and applies the migrations unless
+    /// `config.migrate` is false.
+    pub async fn connect(
+        name: &str,
+        config: &PostgresConfig,
+        cache: Option<CacheSender>,
+    ) -> Result<PostgresSink, PostgresSinkError> {
+        let pool = connect_pool(&config.endpoint, config.pool_size).await?;
+        if config.migrate {
+            migrate(&pool, &config.endpoint).await?;
+        }
+        Ok(PostgresSink {
+            name: name.to_string(),
+            pool,
+            copy_parts: (config.pool_size as usize).saturating_sub(1).max(1),
+            routes: TABLE_ROUTES.into_iter().collect(),
+            cache,
+        })
+    }
+
+    fn refused(&self, table: &str, message: &str, event: &Event, ack: &Ack) -> DeadLetter {
+        DeadLetter::from_event(
+            Reason::Rejected,
+            format!(
+                "sinks.{}: PostgreSQL refused the event in table {table}: {message}",
+                self.name
+            ),
+            &self.name,
+            event,
+        )
+        .with_ack(ack)
+    }
+}
+
+/// The events of one write, flattened, with the batch each came from.
+struct Flat<'a> {
+    events: Vec<&'a Event>,
+    batch: Vec<usize>,
+}
+
+impl<'a> Flat<'a> {
+    fn new(batches: &'a [Arc<Batch>]) -> Flat<'a> {
+        let mut flat = Flat {
+            events: Vec::new(),
+            batch: Vec::new(),
+        };
+        for (b, batch) in batches.iter().enumerate() {
+            for e in &batch.events {
+                flat.events.push(e);
+                flat.batch.push(b);
+            }
+        }
+        flat
+    }
+
+    /// Positions of the events routed to `route`; with `unique`, the first of each event_id.
+    fn routed(&self, route: Route, unique: bool) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        (0..self.events.len())
+            .filter(|&i| self.events[i].routes.contains(route))
+            .filter(|&i| !unique || seen.insert(self.events[i].id.as_str()))
+            .collect()
+    }
+}
+
+impl Sink for PostgresSink {
+    fn accepts(&self, event: &Event) -> bool {
+        event.routes.intersects(self.routes)
+    }
+
+    async fn write(&mut self, batches: &[Arc<Batch>]) -> Result<Written, SinkError> {
+        let flat = Flat::new(batches);
+        let events = flat.routed(Route::Events, true);
+        let lifecycle = flat.routed(Route::Evaluations, false);
+        let audit = flat.routed(Route::SecurityAudit, true);
+        let violations = flat.routed(Route::SecurityEvents, true);
+
+        // `events` in contiguous parts, one transaction each, in parallel.
+        let part_len = events.len().div_ceil(self.copy_parts).max(1);
+        let copies = events.chunks(part_len).map(|part| async {
+            let refused = write_events(&self.pool, &flat, part).await?;
+            Ok::<_, SinkError>(("events", refused))
+        });
+        let records = merge_evaluations(lifecycle.iter().map(|&i| (i, flat.events[i])));
+        let want_cache: Vec<&str> = records
+            .iter()
+            .filter(|r| {
+                r.events
+                    .iter()
+                    .any(|&i| flat.events[i].routes.contains(Route::EvalCache))
+            })
+            .map(|r| r.eval_id)
+            .collect();
+        let evaluations = async {
+            let refused = write_evaluations(&self.pool, &records).await?;
+            // Positions in the write of every event of each refused record.
+            let refused: Vec<(usize, String)> = refused
+                .into_iter()
+                .flat_map(|(r, m)| records[r].events.iter().map(move |&i| (i, m.clone())))
+                .collect();
+            Ok::<_, SinkError>(("evaluations", refused))
+        };
+        let security = async {
+            let audit = write_security(&self.pool, &flat, &audit, SecurityTable::Audit).await?;
+            let violations =
+                write_security(&self.pool, &flat, &violations, SecurityTable::Events).await?;
+            let mut refused = audit;
+            refused.extend(violations);
+            Ok::<_, SinkError>(("security_audit/security_events", refused))
+        };
+
+        let (copies, evaluations, security) =
+            futures_util::join!(join_all(copies), evaluations, security);
+        let mut rejected = Vec::new();
+        let mut refused_positions = std::collections::HashSet::new();
+        for outcome in copies.into_iter().chain([evaluations, security]) {
+            let (table, refused) = outcome?;
+            for (i, message) in refused {
+                let event = flat.events[i];
+                let table = match (table, &event.body) {
+                    ("events", _) | ("evaluations", _) => table,
+                    (_, Body::ContainerCreated { .. }) => "security_audit",
+                    _ => "security_events",
+                };
+                refused_positions.insert(i);
+                rejected.push(self.refused(table, &message, event, &batches[flat.batch[i]].ack));
+            }
+        }
+
+        if let Some(cache) = &self.cache
+            && !want_cache.is_empty()
+        {
+            let rows = read_cache_rows(&self.pool, &want_cache)
+                .await
+                .map_err(|e| match Failure::from(e) {
+                    Failure::Sink(e) => e,
+                    Failure::Data(m) => SinkError::Failed(m),
+                })?;
+            let acks = batches.iter().map(|b| b.ack.clone()).collect();
+            // The cache writer stops only after every postgres sink has; a closed channel
+            // means the run is being torn down.
+            let _ = cache.send(CacheUpdate { rows, acks }).await;
+        }
+        let stored = flat
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| self.accepts(e) && !refused_positions.contains(i))
+            .count();
+        Ok(Written {
+            events: stored,
+            rejected,
+        })
+    }
+}
+
+/// Stores the events at `positions` in `events`; returns the refused ones (positions in the
+/// write) with the server's error.
+async fn write_events(
+    pool: &PgPool,
+    flat: &Flat<'_>,
+    positions: &[usize],
+) -> Result<Vec<(usize, String)>, SinkError> {
+    let mut rows = CopyRows::new();
+    for &i in positions {
+        rows.push(flat.events[i]);
+    }
+    let ids: Vec<Cow<str>> = positions
+        .iter()
+        .map(|&i| pg_text(&flat.events[i].id))
+        .collect();
+    let (rows, ids) = (&rows, &ids);
+    let refused = bisect(positions.len(), |range| {
+        copy_events(pool, rows, ids, range, flat, positions)
+    })
+    .await?;
+    Ok(refused
+        .into_iter()
+        .map(|(r, m)| (positions[r], m))
+        .collect())
+}
+
+/// One transaction: the rows of `range` that are not stored yet, by `COPY`. When another
+/// writer stores one of them meanwhile, falls back to `INSERT ... ON CONFLICT DO NOTHING`.
+async fn copy_events(
+    pool: &PgPool,
+    rows: &CopyRows,
+    ids: &[Cow<'_, str>],
+    range: Range<usize>,
+    flat: &Flat<'_>,
+    positions: &[usize],
+) -> Result<(), Failure> {
+    let mut tx = pool.begin().await?;
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
+            .bind(&ids[range.clone()])
+            .fetch_all(&mut *tx)
+            .await?;
+    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let new: Vec<usize> = range
+        .clone()
+        .filter(|&r| !stored.contains(ids[r].as_ref()))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let copied = async {
+        let mut copy = tx.copy_in_raw(EVENTS_COPY).await?;
+        copy.send(rows.stream(&new)).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {}
+        Err(e) if database_error_code(&e) == Some("23505") => {
+            tx.rollback().await?;
+            let mut tx = pool.begin().await?;
+            insert_events(&mut tx, &new, flat, positions).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The slow path of [`copy_events`]: one statement that skips what is stored.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    rows: &[usize],
+    flat: &Flat<'_>,
+    positions: &[usize],
+) -> Result<(), Failure> {
+    let events: Vec<&Event> = rows.iter().map(|&r| flat.events[positions[r]]).collect();
+    sqlx::query(
+        "INSERT INTO events (event_id, type, ts, eval_id, tenant_id, payload) \
+         SELECT id, type, ts, eval_id, tenant_id, payload::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[]) \
+             AS t(id, type, ts, eval_id, tenant_id, payload) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(events.iter().map(|e| pg_text(&e.id)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type().as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.ts).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.eval_id().map(pg_text))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.tenant_id.as_deref().map(pg_text))
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| json_text(*e)).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Merges `records` into `evaluations`; returns the refused records (indices) with the
+/// server's error.
+async fn write_evaluations(
+    pool: &PgPool,
+    records: &[merge::EvalRecord<'_>],
+) -> Result<Vec<(usize, String)>, SinkError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = &EvalColumns::new(records);
+    bisect(records.len(), |r: Range<usize>| async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query(UPSERT.as_str())
+            .bind(&c.eval_id[r.clone()])
+            .bind(&c.tenant_id[r.clone()])
+            .bind(&c.status[r.clone()])
+            .bind(&c.code[r.clone()])
+            .bind(&c.language[r.clone()])
+            .bind(&c.engine[r.clone()])
+            .bind(&c.timeout[r.clone()])
+            .bind(&c.metadata[r.clone()])
+            .bind(&c.executor_id[r.clone()])
+            .bind(&c.queued_at[r.clone()])
+            .bind(&c.started_at[r.clone()])
+            .bind(&c.ended_at[r.clone()])
+            .bind(&c.success[r.clone()])
+            .bind(&c.output[r.clone()])
+            .bind(&c.output_preview[r.clone()])
+            .bind(&c.output_size[r.clone()])
+            .bind(&c.output_sha256[r.clone()])
+            .bind(&c.output_ref[r.clone()])
+            .bind(&c.error[r.clone()])
+            .bind(&c.traceback[r.clone()])
+            .bind(&c.queued_event[r.clone()])
+            .bind(&c.started_event[r.clone()])
+            .bind(&c.completed_event[r.clone()])
+            .bind(&c.failed_event[r.clone()])
+            .bind(&c.ended_event[r.clone()])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Clone, Copy)]
+enum SecurityTable {
+    /// `security_audit`, from CONTAINER_CREATED.
+    Audit,
+    /// `security_events`, from RESOURCE_VIOLATION.
+    Events,
+}
+
+/// Inserts the events at `positions` into a security table, skipping stored ones.
+async fn write_security(
+    pool: &PgPool,
+    flat: &Flat<'_>,
+    positions: &[usize],
+    table: SecurityTable,
+) -> Result<Vec<(usize, String)>, SinkError> {
+    let events: Vec<&Event> = positions
+        .iter()
+        .map(|&i| flat.events[i])
+        .filter(|e| match table {
+            SecurityTable::Audit => matches!(e.body, Body::ContainerCreated { .. }),
+            SecurityTable::Events => matches!(e.body, Body::ResourceViolation { .. }),
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // event_id, container_id, eval_id or violation_type, image, limits or details, ts, tenant_id
+    let mut cols: [Vec<Option<Cow<str>>>; 5] = Default::default();
+    let mut objects = Vec::new();
+    for e in &events {
+        let (container, second, third, object) = match &e.body {
+            Body::ContainerCreated {
+                container_id,
+                eval_id,
+                image,
+                limits,
+            } => (container_id, eval_id, Some(image), limits),
+            Body::ResourceViolation {
+                container_id,
+                violation_type,
+                details,
+            } => (container_id, violation_type, None, details),
+            _ => unreachable!("filtered above"),
+        };
+        cols[0].push(Some(pg_text(&e.id)));
+        cols[1].push(Some(pg_text(container)));
+        cols[2].push(Some(pg_text(second)));
+        cols[3].push(third.map(|s| pg_text(s)));
+        cols[4].push(e.tenant_id.as_deref().map(pg_text));
+        objects.push(json_text(object));
+    }
+    let ts: Vec<_> = events.iter().map(|e| e.ts).collect();
+    let sql = match table {
+        SecurityTable::Audit => {
+            "INSERT INTO security_audit (event_id, container_id, eval_id, image, limits, ts, tenant_id) \
+             SELECT id, c, s, i, o::jsonb, ts, t \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+                 AS x(id, c, s, i, o, ts, t) \
+             ON CONFLICT (event_id) DO NOTHING"
+        }
+        SecurityTable::Events => {
+            "INSERT INTO security_events (event_id, container_id, violation_type, details, ts, tenant_id) \
+             SELECT id, c, s, o::jsonb, ts, t \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+                 AS x(id, c, s, i, o, ts, t) \
+             ON CONFLICT (event_id) DO NOTHING"
+        }
+    };
+    let (cols, objects, ts) = (&cols, &objects, &ts);
+    let refused = bisect(events.len(), |r: Range<usize>| async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query(sql)
+            .bind(&cols[0][r.clone()])
+            .bind(&cols[1][r.clone()])
+            .bind(&cols[2][r.clone()])
+            .bind(&cols[3][r.clone()])
+            .bind(&objects[r.clone()])
+            .bind(&ts[r.clone()])
+            .bind(&cols[4][r.clone()])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    // Back from positions among `events` to positions in the write.
+    let in_write: Vec<usize> = positions
+        .iter()
+        .copied()
+        .filter(|&i| {
+            matches!(
+                (&flat.events[i].body, table),
+                (Body::ContainerCreated { .. }, SecurityTable::Audit)
+                    | (Body::ResourceViolation { .. }, SecurityTable::Events)
+            )
+        })
+        .collect();
+    Ok(refused.into_iter().map(|(r, m)| (in_write[r], m)).collect())
+}
+
+/// The committed `evaluations` rows of `eval_ids`, as the cache holds them.
+async fn read_cache_rows(pool: &PgPool, eval_ids: &[&str]) -> Result<Vec<EvalRow>, sqlx::Error> {
+    let ids: Vec<Cow<str>> = eval_ids.iter().map(|id| pg_text(id)).collect();
+    let rows: Vec<PgRow> = sqlx::query(
+        "SELECT eval_id, tenant_id, status, language, engine, timeout, executor_id, queued_at, \
+         started_at, ended_at, success, output_size, output_sha256, output_ref, output_preview, \
+         updated_at FROM evaluations WHERE eval_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(eval_row).collect()
+}
+
+fn eval_row(r: &PgRow) -> Result<EvalRow, sqlx::Error> {
+    Ok(EvalRow {
+        eval_id: r.try_get("eval_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        status: r.try_get("status")?,
+        language: r.try_get("language")?,
+        engine: r.try_get("engine")?,
+        timeout: r.try_get("timeout")?,
+        executor_id: r.try_get("executor_id")?,
+        queued_at: r.try_get("queued_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        success: r.try_get("success")?,
+        output_size: r.try_get("output_size")?,
+        output_sha256: r.try_get("output_sha256")?,
+        output_ref: r.try_get("output_ref")?,
+        output_preview: r.try_get("output_preview")?,
+        updated_at: r.try_get("updated_at")?,
+        ..EvalRow::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_password_is_not_shown() {
+        let config = PostgresConfig {
+            endpoint: "postgres://app:hunter2@db/evalsink".into(),
+            ..PostgresConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let bad = PostgresConfig {
+            endpoint: "mysql://app:hunter2@db/x".into(),
+            ..PostgresConfig::default()
+        };
+        let problems = bad.check();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(!problems[0].1.contains("hunter2"), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn bisection_finds_the_refused_rows() {
+        let bad = [3usize, 4, 9];
+        let mut calls = 0;
+        let refused = bisect(10, |r: Range<usize>| {
+            calls += 1;
+            let outcome = if bad.iter().any(|b| r.contains(b)) {
+                Err(Failure::Data(format!("bad in {r:?}")))
+            } else {
+                Ok(())
+            };
+            async move { outcome }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no sink error"));
+        let positions: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(positions, bad);
+        assert!(calls < 20, "{calls} calls");
+    }
+}

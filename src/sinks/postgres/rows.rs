@@ -1,0 +1,190 @@
+//! Events as PostgreSQL values: the binary `COPY` rows of `events`, and text that PostgreSQL
+//! accepts whatever the event's strings hold.
+//!
+//! PostgreSQL refuses the NUL character in `text` and `\u0000` in `jsonb`, though both are valid
+//! JSON. Every such character is stored as the six characters `\u0000` instead, so that every
+//! valid JSON event is stored.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::event::Event;
+
+/// What NUL becomes in stored text.
+const NUL_REPLACEMENT: &str = "\\u0000";
+
+/// `s` as PostgreSQL accepts it in a `text` column.
+pub fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', NUL_REPLACEMENT))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// A JSON value as text that `jsonb` accepts.
+pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::new();
+    write_json(value, &mut out);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Appends `value` as JSON that `jsonb` accepts to `out`.
+pub fn write_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, value).expect("events serialize");
+    if has_nul_escape(&out[start..]) {
+        let mut parsed: Value = serde_json::from_slice(&out[start..]).expect("just written");
+        replace_nul(&mut parsed);
+        out.truncate(start);
+        serde_json::to_writer(&mut *out, &parsed).expect("values serialize");
+    }
+}
+
+/// Whether serialized JSON holds a `\u0000` escape (not an escaped backslash followed by
+/// `u0000`).
+fn has_nul_escape(json: &[u8]) -> bool {
+    memchr::memmem::find_iter(json, b"\\u0000").any(|at| {
+        let backslashes = json[..at].iter().rev().take_while(|b| **b == b'\\').count();
+        backslashes % 2 == 0
+    })
+}
+
+fn replace_nul(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', NUL_REPLACEMENT),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) if map.keys().any(|k| k.contains('\0')) => {
+            let old = std::mem::take(map);
+            for (k, mut v) in old {
+                replace_nul(&mut v);
+                map.insert(k.replace('\0', NUL_REPLACEMENT), v);
+            }
+        }
+        Value::Object(map) => map.values_mut().for_each(replace_nul),
+        _ => {}
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The columns of `events` that [`CopyRows`] fills, in order (`ingested_at` is the default).
+pub const EVENTS_COPY: &str =
+    "COPY events (event_id, type, ts, eval_id, tenant_id, payload) FROM STDIN (FORMAT binary)";
+
+/// Rows of `events` in PostgreSQL's binary `COPY` format, kept row by row so that any
+/// contiguous range of them can be sent on its own (to isolate a row the server refuses).
+#[derive(Debug, Default)]
+pub struct CopyRows {
+    data: Vec<u8>,
+    /// Where each row starts in `data`, and one more for the end.
+    starts: Vec<usize>,
+}
+
+impl CopyRows {
+    pub fn new() -> CopyRows {
+        CopyRows {
+            data: Vec::new(),
+            starts: vec![0],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the row of `event`.
+    pub fn push(&mut self, event: &Event) {
+        let d = &mut self.data;
+        d.extend_from_slice(&6i16.to_be_bytes());
+        text_field(d, &event.id);
+        text_field(d, event.event_type().as_str());
+        d.extend_from_slice(&8i32.to_be_bytes());
+        d.extend_from_slice(&pg_timestamp(&event.ts).to_be_bytes());
+        match event.eval_id() {
+            Some(id) => text_field(d, id),
+            None => d.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        match &event.tenant_id {
+            Some(t) => text_field(d, t),
+            None => d.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        // jsonb in binary: a version byte (1), then the JSON text.
+        let at = d.len();
+        d.extend_from_slice(&[0, 0, 0, 0, 1]);
+        write_json(event, d);
+        let len = (d.len() - at - 4) as i32;
+        d[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self.starts.push(d.len());
+    }
+
+    /// The whole `COPY` stream of the rows at `rows` (header, rows, trailer).
+    pub fn stream(&self, rows: &[usize]) -> Vec<u8> {
+        let row = |r: usize| &self.data[self.starts[r]..self.starts[r + 1]];
+        let size: usize = rows.iter().map(|&r| row(r).len()).sum();
+        let mut out = Vec::with_capacity(size + 32);
+        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        out.extend_from_slice(&0i32.to_be_bytes()); // flags
+        out.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        for &r in rows {
+            out.extend_from_slice(row(r));
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+}
+
+fn text_field(d: &mut Vec<u8>, s: &str) {
+    let s = pg_text(s);
+    d.extend_from_slice(&(s.len() as i32).to_be_bytes());
+    d.extend_from_slice(s.as_bytes());
+}
+
+fn pg_timestamp(ts: &DateTime<Utc>) -> i64 {
+    ts.timestamp_micros() - PG_EPOCH_MICROS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_in_text_and_json_but_escaped_backslashes_are_kept() {
+        assert_eq!(pg_text("a\0b"), "a\\u0000b");
+        assert!(matches!(pg_text("ab"), Cow::Borrowed(_)));
+        let v: Value =
+            serde_json::from_str(r#"{"k\u0000":"x\u0000y","lit":"\\u0000","n":[1,"\u0000"]}"#)
+                .unwrap();
+        let text = json_text(&v);
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["k\\u0000"], "x\\u0000y");
+        assert_eq!(
+            back["lit"], "\\u0000",
+            "a literal backslash-u stays as it was"
+        );
+        assert_eq!(back["n"][1], "\\u0000");
+        assert!(!has_nul_escape(br#"{"lit":"\\u0000"}"#));
+        assert!(has_nul_escape(br#"{"x":"\\\u0000"}"#));
+    }
+
+    #[test]
+    fn timestamps_count_from_2000() {
+        let ts = DateTime::parse_from_rfc3339("2000-01-01T00:00:01Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(pg_timestamp(&ts), 1_000_000);
+    }
+}

@@ -1,0 +1,828 @@
+//! The postgres sink against the real PostgreSQL: migrations, the tables of SPEC.md,
+//! idempotent replays, the order-independent `evaluations` merge (a property test), refused
+//! events isolated to the dead letters, connection loss, TLS, row-level security.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use proptest::prelude::*;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+
+use crate::common::*;
+use evalsink::decode::decode_line;
+use evalsink::event::{Ack, Batch, Event};
+use evalsink::sinks::Sink;
+use evalsink::sinks::postgres::{PostgresConfig, PostgresSink};
+use evalsink::transforms::classify::Classification;
+
+/// A database of its own for one test, dropped first if an earlier run left it; evalsink
+/// creates it.
+fn fresh_database(name: &str) -> String {
+    let name = format!("evalsink_it_{name}");
+    let admin = format!("{}/postgres", postgres_base_url());
+    block_on(async {
+        let pool = PgPoolOptions::new().connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    });
+    format!("{}/{name}", postgres_base_url())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+fn pg_config(dir: &Path, url: &str, extra: &str) -> String {
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[sources.in]
+type = "stdin"
+[transforms.classify]
+type = "classify"
+inputs = ["in"]
+[transforms.redact]
+type = "redact"
+inputs = ["classify"]
+[sinks.pg]
+type = "postgres"
+inputs = ["redact"]
+endpoint = "{url}"
+{extra}
+"#,
+        data = dir.join("data").display()
+    );
+    write_config(dir, &text).display().to_string()
+}
+
+fn replay(config: &str, input: &[u8], dir: &Path) -> Output {
+    let file = dir.join("input.ndjson");
+    std::fs::write(&file, input).unwrap();
+    let out = evalsink()
+        .args([
+            "replay",
+            "--no-progress",
+            "-c",
+            config,
+            file.to_str().unwrap(),
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every row of `table` as text, ordered by its first column.
+async fn snapshot(pool: &PgPool, table: &str, except: &[&str]) -> Vec<BTreeMap<String, String>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb(t) AS row FROM {table} t ORDER BY 1"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out: Vec<BTreeMap<String, String>> = rows
+        .iter()
+        .map(|r| {
+            let v: Value = r.get("row");
+            v.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| !except.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect()
+        })
+        .collect();
+    out.sort_by(|a, b| a.values().next().cmp(&b.values().next()));
+    out
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[test]
+fn migrate_creates_the_database_the_tables_the_role_and_the_policies() {
+    let url = fresh_database("migrate");
+    for _ in 0..2 {
+        let out = evalsink()
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    block_on(async {
+        let pool = pool(&url).await;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND rowsecurity ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            tables,
+            ["evaluations", "events", "security_audit", "security_events"]
+        );
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'evaluations' ORDER BY ordinal_position",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for c in [
+            "eval_id",
+            "status",
+            "code",
+            "language",
+            "engine",
+            "timeout",
+            "metadata",
+            "executor_id",
+            "queued_at",
+            "started_at",
+            "ended_at",
+            "success",
+            "output",
+            "output_preview",
+            "output_size",
+            "output_sha256",
+            "output_ref",
+            "error",
+            "traceback",
+            "updated_at",
+        ] {
+            assert!(columns.iter().any(|x| x == c), "evaluations.{c}");
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for i in ["evaluations_status", "events_eval_id", "events_ts"] {
+            assert!(indexes.iter().any(|x| x == i), "index {i}: {indexes:?}");
+        }
+        let reader_can_write: bool =
+            sqlx::query_scalar("SELECT has_table_privilege('evalsink_reader', 'events', 'INSERT')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(!reader_can_write);
+        let reader_can_read: bool = sqlx::query_scalar(
+            "SELECT has_table_privilege('evalsink_reader', 'evaluations', 'SELECT')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(reader_can_read);
+    });
+}
+
+#[test]
+fn a_database_that_cannot_be_created_is_a_clear_error() {
+    let url = fresh_database("nocreate");
+    block_on(async {
+        let admin = pool(&format!("{}/postgres", postgres_base_url())).await;
+        let _ = sqlx::query("CREATE ROLE evalsink_it_nocreate LOGIN NOCREATEDB")
+            .execute(&admin)
+            .await;
+    });
+    let url = url.replace("root@", "evalsink_it_nocreate:not-the-pw-42@");
+    let out = evalsink()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be created"), "{stderr}");
+    assert!(!stderr.contains("not-the-pw-42"), "{stderr}");
+}
+
+#[test]
+fn replay_stores_every_table_and_a_second_replay_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("replay");
+    let cfg = pg_config(dir.path(), &url, "");
+    let input = generated(&[
+        "--events",
+        "3000",
+        "--seed",
+        "11",
+        "--shuffle-window",
+        "200",
+        "--bad-lines",
+        "0.01",
+        "--large-outputs",
+        "0",
+    ]);
+    let good: Vec<Value> = input
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .filter(|v| decode_line(v.to_string().as_bytes(), Utc::now()).is_ok())
+        .collect();
+    replay(&cfg, &input, dir.path());
+    block_on(async {
+        let pool = pool(&url).await;
+        let of_type = |t: &str| good.iter().filter(|v| v["type"] == t).count() as i64;
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM events").await,
+            good.len() as i64
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM security_audit").await,
+            of_type("CONTAINER_CREATED")
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM security_events").await,
+            of_type("RESOURCE_VIOLATION")
+        );
+        let evals: std::collections::BTreeSet<&str> = good
+            .iter()
+            .filter(|v| v["type"].as_str().unwrap().starts_with("EVALUATION_"))
+            .map(|v| v["eval_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM evaluations").await,
+            evals.len() as i64
+        );
+        // Each completed eval's row holds its output, size and hash; the payload is the event.
+        for v in good
+            .iter()
+            .filter(|v| v["type"] == "EVALUATION_COMPLETED")
+            .take(20)
+        {
+            let row = sqlx::query(
+                "SELECT status, output, output_size, output_sha256, success FROM evaluations WHERE eval_id = $1",
+            )
+            .bind(v["eval_id"].as_str().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let output = v["output"].as_str().unwrap();
+            let status: String = row.get("status");
+            assert!(status == "completed" || status == "failed", "{status}");
+            if status == "completed" {
+                assert_eq!(
+                    row.get::<Option<String>, _>("output").as_deref(),
+                    Some(output)
+                );
+                assert_eq!(
+                    row.get::<Option<i64>, _>("output_size"),
+                    Some(output.len() as i64)
+                );
+                assert_eq!(
+                    row.get::<Option<String>, _>("output_sha256").unwrap(),
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(output.as_bytes()))
+                );
+            }
+            let payload: Value =
+                sqlx::query_scalar("SELECT payload FROM events WHERE event_id = $1")
+                    .bind(v["event_id"].as_str().unwrap())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(payload["output"], v["output"]);
+            assert_eq!(payload["eval_id"], v["eval_id"]);
+        }
+        let before: Vec<_> = [
+            snapshot(&pool, "events", &[]).await,
+            snapshot(&pool, "evaluations", &[]).await,
+            snapshot(&pool, "security_audit", &[]).await,
+            snapshot(&pool, "security_events", &[]).await,
+        ]
+        .into();
+        replay(&cfg, &input, dir.path());
+        let after: Vec<_> = [
+            snapshot(&pool, "events", &[]).await,
+            snapshot(&pool, "evaluations", &[]).await,
+            snapshot(&pool, "security_audit", &[]).await,
+            snapshot(&pool, "security_events", &[]).await,
+        ]
+        .into();
+        assert!(before == after, "the second replay changed rows");
+    });
+}
+
+#[test]
+fn a_replay_over_half_stored_events_stores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("half");
+    let cfg = pg_config(dir.path(), &url, "batch.max_events = 500");
+    let input = generated(&["--events", "4000", "--seed", "3", "--large-outputs", "0"]);
+    let lines: Vec<&[u8]> = input
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let first_half = lines[..2000].join(&b'\n');
+    replay(&cfg, &first_half, dir.path());
+    replay(&cfg, &input, dir.path());
+    block_on(async {
+        let pool = pool(&url).await;
+        assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 4000);
+    });
+}
+
+#[test]
+fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("refused");
+    let cfg = pg_config(dir.path(), &url, "");
+    let mut lines: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"type":"QUEUE_METRICS","event_id":"q{i}","queue_length":{i},"processing_count":1}}"#))
+        .collect();
+    // An id too long for the primary key's index (and incompressible): PostgreSQL refuses the
+    // row (SQLSTATE 54000).
+    let mut long_id = String::new();
+    let mut block = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"seed"));
+    while long_id.len() < 10_000 {
+        long_id.push_str(&block);
+        block = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(block.as_bytes()));
+    }
+    lines.insert(
+        17,
+        format!(r#"{{"type":"QUEUE_METRICS","event_id":"{long_id}","queue_length":1,"processing_count":1}}"#),
+    );
+    // Strings PostgreSQL does not take as they are, but that are valid JSON: stored anyway.
+    lines.push(r#"{"type":"EVALUATION_QUEUED","event_id":"nul","eval_id":"e-nul","code":"a\u0000b","language":"py\u0000","engine":"e","timeout":1,"metadata":{"k\u0000":"\u0000"},"extra":"\\u0000 and ✓ 😀"}"#.into());
+    let input = lines.join("\n");
+    replay(&cfg, input.as_bytes(), dir.path());
+    block_on(async {
+        let pool = pool(&url).await;
+        assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 51);
+        let code: String =
+            sqlx::query_scalar("SELECT code FROM evaluations WHERE eval_id = 'e-nul'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(code, "a\\u0000b");
+        let payload: Value =
+            sqlx::query_scalar("SELECT payload FROM events WHERE event_id = 'nul'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(payload["metadata"]["k\\u0000"], "\\u0000");
+        assert_eq!(payload["extra"], "\\u0000 and ✓ 😀");
+    });
+    let dead = dead_letters(&dir.path().join("data/dead-letter"));
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["reason"], "rejected");
+    assert_eq!(dead[0]["event_id"].as_str().unwrap(), long_id);
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("index row") && error.contains("54000"),
+        "{error}"
+    );
+}
+
+#[test]
+fn connections_killed_mid_run_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("killed");
+    let cfg = pg_config(
+        dir.path(),
+        &url,
+        "batch.max_events = 200\nbatch.timeout_secs = 0.05",
+    );
+    let input = generated(&["--events", "20000", "--seed", "8", "--large-outputs", "0"]);
+    let file = dir.path().join("input.ndjson");
+    std::fs::write(&file, &input).unwrap();
+    // Create the database and schema first, so that the killer has a database to aim at.
+    let out = evalsink()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let child = evalsink()
+        .args([
+            "replay",
+            "--no-progress",
+            "-c",
+            &cfg,
+            file.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let killed = block_on(async {
+        let admin = pool(&format!("{}/postgres", postgres_base_url())).await;
+        let target = pool(&url).await;
+        // Once the sink is writing (past its start), kill its connections again and again.
+        while count(&target, "SELECT count(*) FROM events").await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        target.close().await;
+        let mut killed = 0i64;
+        for _ in 0..30 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+            )
+            .bind(&db)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            killed += n;
+        }
+        killed
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        killed > 0,
+        "no connection was killed; the test proves nothing"
+    );
+    block_on(async {
+        let pool = pool(&url).await;
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM events").await,
+            20_000,
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn tls_when_the_url_asks_and_the_password_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("tls");
+    // Trust auth ignores the password; it must still never be printed.
+    let with_password = url.replace("root@", "root:hunter2-secret@");
+    let cfg = pg_config(dir.path(), &format!("{with_password}?sslmode=require"), "");
+    let input = generated(&["--events", "200", "--seed", "4", "--large-outputs", "0"]);
+    let out = replay(&cfg, &input, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    block_on(async {
+        let pool = pool(&url).await;
+        assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 200);
+    });
+    // Refused connections name the server without the password.
+    let bad = pg_config(
+        dir.path(),
+        "postgres://root:hunter2-secret@127.0.0.1:1/nothing",
+        "",
+    );
+    let out = evalsink().args(["validate", "-c", &bad]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    let out = crate::common::run_with_stdin(&["run", "-c", &bad], b"", dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // A certificate that cannot be verified is refused: TLS is really in use.
+    let strict = pg_config(
+        dir.path(),
+        &format!("{url}?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt"),
+        "",
+    );
+    let out = crate::common::run_with_stdin(&["run", "-c", &strict], b"", dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn readers_see_only_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("rls");
+    let cfg = pg_config(dir.path(), &url, "");
+    let lines: Vec<String> = ["acme", "acme", "globex"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!(r#"{{"type":"EVALUATION_STARTED","event_id":"s{i}","tenant_id":"{t}","eval_id":"e{i}","executor_id":"x","start_time":"2026-01-01T00:00:00Z"}}"#))
+        .collect();
+    replay(&cfg, lines.join("\n").as_bytes(), dir.path());
+    block_on(async {
+        let admin = pool(&url).await;
+        let _ = sqlx::query("CREATE ROLE evalsink_it_api LOGIN")
+            .execute(&admin)
+            .await;
+        sqlx::query("GRANT evalsink_reader TO evalsink_it_api")
+            .execute(&admin)
+            .await
+            .unwrap();
+        let api = pool(&url.replace("root@", "evalsink_it_api@")).await;
+        let mut conn = api.acquire().await.unwrap();
+        let seen = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+        assert_eq!(
+            seen("SELECT count(*) FROM evaluations")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+            0,
+            "no tenant set: nothing"
+        );
+        sqlx::query("SET evalsink.tenant_id = 'acme'")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen("SELECT count(*) FROM evaluations")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            seen("SELECT count(*) FROM events")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+            2
+        );
+        let denied = sqlx::query("DELETE FROM events").execute(&mut *conn).await;
+        assert!(denied.is_err(), "readers cannot write");
+    });
+}
+
+// ---- The merge of `evaluations` does not depend on order or duplicates (property test) ----
+
+/// One lifecycle event of a generated eval.
+#[derive(Debug, Clone)]
+struct Step {
+    stage: u8,
+    variant: u8,
+    at: i64,
+    tenant: Option<u8>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (0u8..4, 0u8..3, 0i64..50, proptest::option::of(0u8..2)).prop_map(
+        |(stage, variant, at, tenant)| Step {
+            stage,
+            variant,
+            at,
+            tenant,
+        },
+    )
+}
+
+fn lifecycle_line(eval_id: &str, s: &Step) -> String {
+    let ts: DateTime<Utc> =
+        DateTime::from_timestamp(1_767_225_600, 0).unwrap() + Duration::seconds(s.at);
+    let ts = ts.to_rfc3339();
+    let id = format!("{eval_id}-{}-{}-{}", s.stage, s.variant, s.at);
+    let tenant = s
+        .tenant
+        .map(|t| format!(r#","tenant_id":"tenant-{t}""#))
+        .unwrap_or_default();
+    let v = s.variant;
+    let body = match s.stage {
+        0 => format!(
+            r#""type":"EVALUATION_QUEUED","code":"print({v})","language":"python","engine":"py-{v}","timeout":{v}.5,"metadata":{{"v":{v}}}"#
+        ),
+        1 => format!(r#""type":"EVALUATION_STARTED","executor_id":"exec-{v}","start_time":"{ts}""#),
+        2 => format!(
+            r#""type":"EVALUATION_COMPLETED","output":"out {v}","success":{},"end_time":"{ts}""#,
+            v % 2 == 0
+        ),
+        _ => format!(r#""type":"EVALUATION_FAILED","error":"err {v}","traceback":"tb {v}""#),
+    };
+    format!(r#"{{{body},"event_id":"{id}","timestamp":"{ts}","eval_id":"{eval_id}"{tenant}}}"#)
+}
+
+fn events_of(lines: &[String]) -> Vec<Event> {
+    let classification = Classification::builtin();
+    lines
+        .iter()
+        .map(|l| {
+            let mut e = decode_line(l.as_bytes(), Utc::now()).unwrap();
+            e.routes = classification.routes(e.event_type()).unwrap();
+            e
+        })
+        .collect()
+}
+
+/// Writes `events` through the sink in batches of `sizes` (cycled), one write per batch.
+async fn write_all(sink: &mut PostgresSink, events: Vec<Event>, sizes: &[usize]) {
+    let mut rest = events.into_iter().peekable();
+    let mut i = 0;
+    while rest.peek().is_some() {
+        let n = sizes[i % sizes.len()].max(1);
+        i += 1;
+        let batch: Vec<Event> = rest.by_ref().take(n).collect();
+        let written = sink
+            .write(&[Arc::new(Batch::new(batch, Ack::none()))])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(written.rejected.is_empty(), "{:?}", written.rejected);
+    }
+}
+
+#[test]
+fn evaluations_are_the_same_for_every_order_and_duplication() {
+    let url = fresh_database("merge");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = PostgresConfig {
+        endpoint: url.clone(),
+        ..PostgresConfig::default()
+    };
+    let (sink, pool) = runtime.block_on(async {
+        let sink = PostgresSink::connect("pg", &config, None).await.unwrap();
+        (sink, pool(&url).await)
+    });
+    // The runner takes an `Fn`.
+    let sink = std::cell::RefCell::new(sink);
+    let counter = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        proptest::collection::vec(proptest::collection::vec(step(), 1..7), 1..4),
+        any::<u64>(),
+        proptest::collection::vec(1usize..6, 1..4),
+    );
+    runner
+        .run(&strategy, |(evals, seed, sizes)| {
+            counter.set(counter.get() + 1);
+            let case = counter.get();
+            // The same events for two eval_id spaces: `a` in order, once; `b` shuffled, with
+            // duplicates, in other batch sizes.
+            let lines = |space: &str| -> Vec<String> {
+                evals
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(e, steps)| {
+                        let id = format!("c{case}-{space}-e{e}");
+                        steps.iter().map(move |s| lifecycle_line(&id, s)).collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let a = lines("a");
+            let mut b = lines("b");
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let dups: Vec<String> = b.iter().filter(|_| rng.bool()).cloned().collect();
+            b.extend(dups);
+            rng.shuffle(&mut b);
+            let (rows_a, rows_b) = runtime.block_on(async {
+                let mut sink = sink.borrow_mut();
+                write_all(&mut sink, events_of(&a), &[a.len()]).await;
+                write_all(&mut sink, events_of(&b), &sizes).await;
+                let read = |space: &'static str| {
+                    let pool = pool.clone();
+                    async move {
+                        let rows = sqlx::query(
+                            "SELECT to_jsonb(e) - 'updated_at' - 'eval_id' AS row, eval_id FROM evaluations e \
+                             WHERE eval_id LIKE $1 ORDER BY eval_id",
+                        )
+                        .bind(format!("c{case}-{space}-%"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                        rows.iter()
+                            .map(|r| {
+                                // Ids carry the space; compare them without it.
+                                r.get::<Value, _>("row")
+                                    .to_string()
+                                    .replace(&format!("c{case}-{space}-"), "")
+                            })
+                            .collect::<Vec<String>>()
+                    }
+                };
+                (read("a").await, read("b").await)
+            });
+            prop_assert_eq!(rows_a.len(), evals.len());
+            prop_assert_eq!(rows_a, rows_b);
+            Ok(())
+        })
+        .unwrap();
+    // The rows follow the rules, not just each other: a terminal status is the later
+    // terminal event's, and a field set once is never cleared.
+    runtime.block_on(async {
+        let lines = [
+            lifecycle_line("rules", &Step { stage: 3, variant: 0, at: 5, tenant: None }),
+            lifecycle_line("rules", &Step { stage: 0, variant: 1, at: 1, tenant: Some(1) }),
+            lifecycle_line("rules", &Step { stage: 2, variant: 0, at: 9, tenant: None }),
+            lifecycle_line("rules", &Step { stage: 1, variant: 2, at: 3, tenant: None }),
+        ];
+        write_all(&mut sink.borrow_mut(), events_of(&lines), &[1]).await;
+        let row = sqlx::query("SELECT status, error, output, executor_id, code, tenant_id, ended_at FROM evaluations WHERE eval_id = 'rules'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>("status"), "completed");
+        assert_eq!(row.get::<Option<String>, _>("error").as_deref(), Some("err 0"));
+        assert_eq!(row.get::<Option<String>, _>("output").as_deref(), Some("out 0"));
+        assert_eq!(row.get::<Option<String>, _>("executor_id").as_deref(), Some("exec-2"));
+        assert_eq!(row.get::<Option<String>, _>("code").as_deref(), Some("print(1)"));
+        assert_eq!(row.get::<Option<String>, _>("tenant_id").as_deref(), Some("tenant-1"));
+    });
+}
+
+#[test]
+fn the_redis_cache_agrees_with_postgres_after_shuffled_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("cache");
+    let prefix = format!("evalsink_it_pg_cache:{}:", std::process::id());
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys = |redis: &mut redis::Connection| -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}eval:*"))
+            .query(redis)
+            .unwrap()
+    };
+    for key in keys(&mut redis) {
+        let _: () = redis::cmd("DEL").arg(key).query(&mut redis).unwrap();
+    }
+    let extra = format!(
+        "batch.max_events = 300\n[sinks.redis]\ntype = \"redis\"\ninputs = [\"redact\"]\nendpoint = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+        redis_url()
+    );
+    let cfg = pg_config(dir.path(), &url, &extra);
+    let input = generated(&[
+        "--events",
+        "3000",
+        "--seed",
+        "21",
+        "--shuffle-window",
+        "1000",
+        "--large-outputs",
+        "0",
+    ]);
+    replay(&cfg, &input, dir.path());
+    block_on(async {
+        let pool = pool(&url).await;
+        let rows = sqlx::query(
+            "SELECT eval_id, status, language, executor_id, success, output_size FROM evaluations",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(rows.len() > 100);
+        assert_eq!(keys(&mut redis).len(), rows.len());
+        for row in rows {
+            let id: String = row.get("eval_id");
+            let cached: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(format!("{prefix}eval:{id}"))
+                .query(&mut redis)
+                .unwrap();
+            assert_eq!(
+                cached.get("status"),
+                Some(&row.get::<String, _>("status")),
+                "{id}"
+            );
+            assert_eq!(
+                cached.get("language").cloned(),
+                row.get::<Option<String>, _>("language")
+            );
+            assert_eq!(
+                cached.get("executor_id").cloned(),
+                row.get::<Option<String>, _>("executor_id")
+            );
+            assert_eq!(
+                cached.get("success").cloned(),
+                row.get::<Option<bool>, _>("success").map(|b| b.to_string())
+            );
+            assert_eq!(
+                cached.get("output_size").cloned(),
+                row.get::<Option<i64>, _>("output_size")
+                    .map(|n| n.to_string())
+            );
+        }
+    });
+    for key in keys(&mut redis) {
+        let _: () = redis::cmd("DEL").arg(key).query(&mut redis).unwrap();
+    }
+}
