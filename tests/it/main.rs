@@ -6,3 +6,4 @@ mod parquet;
 mod pipeline;
 mod redact_corpus;
 mod redis;
+mod s3;
