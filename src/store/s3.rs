@@ -14,7 +14,7 @@ use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use bytes::{Bytes, BytesMut};
@@ -211,7 +211,7 @@ impl S3Store {
         let body = output.body.collect().await.map_err(|e| {
             StoreError::Unavailable(format!(
                 "{target}: reading the object failed: {}",
-                DisplayErrorContext(&e)
+                chain(&e)
             ))
         })?;
         Ok(body.into_bytes())
@@ -477,6 +477,21 @@ impl S3Store {
     }
 }
 
+/// An error and its sources, as one line of their messages (without the SDK's debug dump).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out.replace('\n', " ")
+}
+
 fn status<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -504,7 +519,7 @@ where
             StoreError::Unavailable(format!("{target}: the request timed out"))
         }
         SdkError::DispatchFailure(failure) => {
-            let detail = DisplayErrorContext(&err).to_string();
+            let detail = chain(&err);
             if failure.is_io() || failure.is_timeout() {
                 StoreError::Unavailable(format!("{target}: cannot reach S3: {detail}"))
             } else if detail.to_ascii_lowercase().contains("credentials") {
@@ -521,7 +536,7 @@ where
         }
         SdkError::ResponseError(_) => StoreError::Unavailable(format!(
             "{target}: the response could not be read: {}",
-            DisplayErrorContext(&err)
+            chain(&err)
         )),
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -569,7 +584,7 @@ where
                 _ => format!("{target}: {what}"),
             })
         }
-        _ => StoreError::Failed(format!("{target}: {}", DisplayErrorContext(&err))),
+        _ => StoreError::Failed(format!("{target}: {}", chain(&err))),
     }
 }
 

@@ -602,8 +602,10 @@ mod tests {
         assert_eq!(keys(small(10, 11, &["output"])), ["preview_bytes"]);
         assert_eq!(keys(small(10, 1, &[])), ["fields"]);
         assert_eq!(keys(small(10, 1, &["eval_id"])), ["fields"]);
-        let mut c = SplitConfig::default();
-        c.store = StoreConfig::from_url("ftp://x");
+        let c = SplitConfig {
+            store: StoreConfig::from_url("ftp://x"),
+            ..SplitConfig::default()
+        };
         assert_eq!(keys(c), ["store"]);
         let c: SplitConfig = toml::from_str("").unwrap();
         assert_eq!(c, SplitConfig::default());

@@ -198,12 +198,24 @@ async fn put_get_exists_and_list_under_the_prefix() {
 #[tokio::test]
 async fn open_says_what_is_wrong() {
     let client = client();
-    let _ = bucket(&client, "open").await;
+    let gone = bucket(&client, "open").await;
+    let store = open(&store_config(&gone, "x")).await;
+    client.delete_bucket().bucket(&gone).send().await.unwrap();
+    let err = store
+        .put("outputs/e/k", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Failed(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!(
+            "bucket {gone} does not exist: create it or fix store.url"
+        )),
+        "{err}"
+    );
     let missing = format!("evalsink-missing-{}", std::process::id());
     let err = Store::open(&store_config(&missing, "x"))
         .await
-        .err()
-        .expect("a missing bucket is an error");
+        .expect_err("a missing bucket is an error");
     assert!(matches!(err, StoreError::Failed(_)), "{err:?}");
     let message = err.to_string();
     assert!(
@@ -215,7 +227,7 @@ async fn open_says_what_is_wrong() {
     let mut unreachable = store_config("some-bucket", "x");
     unreachable.endpoint = Some("http://127.0.0.1:1".into());
     let started = Instant::now();
-    let err = Store::open(&unreachable).await.err().expect("unreachable");
+    let err = Store::open(&unreachable).await.expect_err("unreachable");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -799,5 +811,161 @@ fn split_with_the_local_store() {
         keys.len(),
         "one file per object, no temporary files left"
     );
+    assert!(crate::common::dead_letters(&dir.path().join("data/dead-letter")).is_empty());
+}
+
+/// A TCP forwarder to the S3 server that can be cut: while it is down, every connection is
+/// closed at once, as when the server is gone.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes sent back by the server so far.
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            up: Default::default(),
+            answered: Default::default(),
+            open: Default::default(),
+        };
+        proxy.up.store(true, SeqCst);
+        let (up, answered, open) = (proxy.up.clone(), proxy.answered.clone(), proxy.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up.load(SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                open.lock().unwrap().push(client.try_clone().unwrap());
+                open.lock().unwrap().push(server.try_clone().unwrap());
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let answered = answered.clone();
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64 * 1024];
+                    use std::io::{Read, Write};
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        answered.fetch_add(n, SeqCst);
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        proxy
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection and refuses new ones.
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_waits_while_s3_is_unreachable_and_loses_nothing() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let client = client();
+    let bucket = bucket(&client, "outage").await;
+    let proxy = Proxy::start(&s3_endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let split_store = format!(
+        "[transforms.split.store]\nurl = \"s3://{bucket}/obj\"\nregion = \"{REGION}\"\nendpoint = \"{}\"\n",
+        proxy.endpoint()
+    );
+    let config = split_config(dir.path(), &split_store, "");
+    let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = evalsink()
+        .args(["run", "-c", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", access_key())
+        .env("AWS_SECRET_ACCESS_KEY", secret_key())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // The store is open once the server has answered HeadBucket; then S3 goes away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "evalsink never reached S3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.cut();
+
+    let input = split_input();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = input.clone();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&feed);
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pipeline waits for the store instead of ending"
+    );
+    assert!(raw_keys(&client, &bucket).await.is_empty());
+    let printed = std::fs::read(dir.path().join("stdout")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&printed).contains("\"ref\""),
+        "no event moved on without its object"
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "evalsink did not finish after S3 came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("the pipeline waits"), "{stderr}");
+    let stored = check_split_events(&std::fs::read(dir.path().join("stdout")).unwrap(), &input);
+    assert!(stored.len() >= 10);
+    for (id, key, text) in &stored {
+        let object = raw_get(&client, &bucket, &format!("obj/{key}")).await;
+        assert!(object == text.as_bytes(), "{id}: stored after the outage");
+    }
     assert!(crate::common::dead_letters(&dir.path().join("data/dead-letter")).is_empty());
 }
