@@ -26,9 +26,6 @@ use super::{StoreConfig, StoreError};
 /// one part in memory.
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
 
-/// The smallest part S3 accepts (but for the last one).
-const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
-
 /// The region used when neither `region` nor the AWS chain (`AWS_REGION`, the profile) names one.
 const FALLBACK_REGION: &str = "us-east-1";
 
@@ -41,7 +38,6 @@ pub struct S3Store {
     prefix: String,
     sse: Option<ServerSideEncryption>,
     kms_key_id: Option<String>,
-    part_bytes: usize,
 }
 
 /// What a request was doing, for messages: `PutObject s3://bucket/key`.
@@ -63,15 +59,15 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
         .strip_prefix("s3://")
         .ok_or_else(|| format!("{url:?} is not an S3 URL; write s3://BUCKET/PREFIX"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid_bucket = (3..=63).contains(&bucket.len())
+    // Today's rules are 3 to 63 lowercase letters, digits, '-' and '.'; older buckets may have
+    // capitals and '_' and be up to 255 long, so only what can never be a bucket is refused.
+    let valid_bucket = (3..=255).contains(&bucket.len())
         && bucket
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !bucket.starts_with(['-', '.'])
-        && !bucket.ends_with(['-', '.']);
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
     if !valid_bucket {
         return Err(format!(
-            "{bucket:?} in {url:?} is not a valid bucket name (3 to 63 lowercase letters, digits, \
+            "{bucket:?} in {url:?} is not a bucket name (3 to 63 lowercase letters, digits, \
              '-' and '.'); write s3://BUCKET/PREFIX"
         ));
     }
@@ -113,20 +109,9 @@ impl S3Store {
             prefix,
             sse: config.sse.as_deref().map(ServerSideEncryption::from),
             kms_key_id: config.kms_key_id.clone(),
-            part_bytes: PART_BYTES,
         };
         store.check_bucket(config.endpoint.as_deref()).await?;
         Ok(store)
-    }
-
-    /// The same store with smaller parts (tests; at least 5 MiB as S3 requires).
-    pub fn with_part_bytes(mut self, part_bytes: usize) -> S3Store {
-        self.part_bytes = part_bytes.max(MIN_PART_BYTES);
-        self
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     /// The object key of a store key: `{prefix}/{key}`.
@@ -304,7 +289,7 @@ pub struct S3Upload {
 
 impl S3Upload {
     pub async fn write(&mut self, mut data: Bytes) -> Result<(), StoreError> {
-        let part_bytes = self.store.part_bytes;
+        let part_bytes = PART_BYTES;
         while !data.is_empty() {
             if self.buffer.is_empty() && data.len() >= part_bytes {
                 // A whole part in what was written: sent without a copy.
@@ -609,9 +594,8 @@ mod tests {
         for bad in [
             "s3://",
             "s3:///x",
-            "s3://UPPER/x",
             "s3://a/x",
-            "s3://b_b_b/x",
+            "s3://bad bucket/x",
             "s3://ok-bucket/a/../b",
             "s3://ok-bucket/a//b",
             "file://x",
