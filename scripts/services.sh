@@ -28,9 +28,13 @@ fi
 
 # Python packages for the S3 server and for reading Parquet back in tests.
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import moto.server, flask, flask_cors, pyarrow, duckdb' >/dev/null 2>&1; then
+# moto 5.2.1 answers CompleteMultipartUpload with a wrong XML root element, which aws-sdk-s3
+# rejects (getmoto/moto#10055): the S3 tests need a later one.
+MOTO_OK='import moto, sys; sys.exit(tuple(int(x) for x in moto.__version__.split(".")[:3]) < (5, 2, 5))'
+if ! "$PY" -c 'import moto.server, flask, flask_cors, pyarrow, duckdb' >/dev/null 2>&1 \
+  || ! "$PY" -c "$MOTO_OK" >/dev/null 2>&1; then
   log "installing moto[server], pyarrow and duckdb"
-  "$PY" -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' pyarrow duckdb
+  "$PY" -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2.5' pyarrow duckdb
 fi
 
 # moto's S3-compatible server.

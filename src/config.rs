@@ -20,6 +20,7 @@ use crate::sources::stdin::StdinConfig;
 use crate::sources::tcp::TcpConfig;
 use crate::transforms::classify::ClassifyConfig;
 use crate::transforms::redact::RedactConfig;
+use crate::transforms::split::SplitConfig;
 
 /// The config used when `-c` is not given.
 pub const DEFAULT_PATH: &str = "config/evalsink.toml";
@@ -66,6 +67,7 @@ pub enum SourceConfig {
 pub enum TransformConfig {
     Classify(ClassifyConfig),
     Redact(RedactConfig),
+    Split(SplitConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +96,7 @@ impl TransformConfig {
         match self {
             TransformConfig::Classify(_) => "classify",
             TransformConfig::Redact(_) => "redact",
+            TransformConfig::Split(_) => "split",
         }
     }
 }
@@ -112,7 +115,7 @@ impl SinkConfig {
 }
 
 const SOURCE_TYPES: &[&str] = &["stdin", "tcp", "file"];
-const TRANSFORM_TYPES: &[&str] = &["classify", "redact"];
+const TRANSFORM_TYPES: &[&str] = &["classify", "redact", "split"];
 const SINK_TYPES: &[&str] = &[
     "dead_letter",
     "console",
@@ -698,6 +701,7 @@ impl ComponentKind for TransformConfig {
     fn parse(type_name: &str, body: toml::Table) -> Result<Self, toml::de::Error> {
         Ok(match type_name {
             "classify" => TransformConfig::Classify(typed(body)?),
+            "split" => TransformConfig::Split(typed(body)?),
             _ => TransformConfig::Redact(typed(body)?),
         })
     }
@@ -708,6 +712,7 @@ impl ComponentKind for TransformConfig {
                 Ok(_) => Vec::new(),
                 Err(e) => vec![("rules".into(), e.to_string())],
             },
+            TransformConfig::Split(c) => c.check(),
         }
     }
 }
@@ -948,6 +953,7 @@ inputs = ["classify"]
             ("sources", "file", "include = [\"/tmp/*.log\"]\n"),
             ("transforms", "classify", "inputs = [\"in\"]\n"),
             ("transforms", "redact", "inputs = [\"in\"]\n"),
+            ("transforms", "split", "inputs = [\"in\"]\n"),
             ("sinks", "console", "inputs = [\"in\"]\n"),
             ("sinks", "blackhole", "inputs = [\"in\"]\n"),
             ("sinks", "parquet", "inputs = [\"in\"]\n"),

@@ -203,6 +203,7 @@ async fn run_graph(
     for t in config.transforms_in_order() {
         let transform = Arc::new(
             Transform::build(&t.name, &t.config)
+                .await
                 .map_err(|e| TopologyError::Build(e.to_string()))?,
         );
         let rx = receivers.remove(&t.name).expect("made above");

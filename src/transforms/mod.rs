@@ -1,8 +1,10 @@
-//! Transforms: a batch in, a batch out. `classify` sets routes, `redact` removes secrets.
+//! Transforms: a batch in, a batch out. `classify` sets routes, `redact` removes secrets,
+//! `split` moves long fields to object storage.
 //! CPU-heavy work runs on the blocking pool so that batches are transformed on all cores.
 
 pub mod classify;
 pub mod redact;
+pub mod split;
 
 use std::sync::Arc;
 
@@ -11,10 +13,12 @@ use crate::event::Batch;
 use crate::sinks::dead_letter::DeadLetters;
 use classify::{Classification, Classify};
 use redact::Redactor;
+use split::Split;
 
 pub enum Transform {
     Classify(Classify),
     Redact(Arc<Redactor>),
+    Split(Split),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,8 @@ pub enum BuildError {
 }
 
 impl Transform {
-    pub fn build(name: &str, config: &TransformConfig) -> Result<Transform, BuildError> {
+    /// Builds a transform; split opens its store (for S3, checks the bucket).
+    pub async fn build(name: &str, config: &TransformConfig) -> Result<Transform, BuildError> {
         let invalid = |message: String| BuildError::Invalid {
             name: name.to_string(),
             message,
@@ -37,6 +42,11 @@ impl Transform {
             TransformConfig::Redact(c) => Transform::Redact(Arc::new(
                 Redactor::new(c).map_err(|e| invalid(e.to_string()))?,
             )),
+            TransformConfig::Split(c) => Transform::Split(
+                Split::new(name, c)
+                    .await
+                    .map_err(|e| invalid(format!("cannot open the store: {e}")))?,
+            ),
         })
     }
 
@@ -49,6 +59,7 @@ impl Transform {
                     .await
                     .expect("redaction does not panic")
             }
+            Transform::Split(s) => s.apply(batch, dead_letters).await,
         }
     }
 }

@@ -7,3 +7,4 @@ mod pipeline;
 mod postgres;
 mod redact_corpus;
 mod redis;
+mod s3;
