@@ -1,15 +1,16 @@
 -- The tables of SPEC.md ("PostgreSQL"). Written by the postgres sink; see src/sinks/postgres/.
 --
 -- Large text and JSON columns are compressed with lz4 (cheaper than the default pglz at the
--- same ratio for this data); merge bookkeeping columns compare byte-wise (COLLATE "C") so
--- that the database and evalsink's in-memory merge order them the same way.
+-- same ratio for this data). Ids and merge bookkeeping columns compare byte-wise
+-- (COLLATE "C"): indexes on them are cheaper, and the database and evalsink's in-memory merge
+-- order them the same way.
 
 -- Every event ever accepted, append-only; a replayed event is not inserted twice.
 CREATE TABLE events (
-    event_id    text        NOT NULL PRIMARY KEY,
+    event_id    text COLLATE "C" NOT NULL PRIMARY KEY,
     type        text        NOT NULL,
     ts          timestamptz NOT NULL,
-    eval_id     text,
+    eval_id     text COLLATE "C",
     tenant_id   text,
     -- The whole event, redacted, with large fields replaced by their reference.
     payload     jsonb COMPRESSION lz4 NOT NULL,
@@ -26,7 +27,7 @@ CREATE INDEX events_ts ON events USING brin (ts);
 -- for the terminal stage (ended_event), which sets status and ended_at. A later event never
 -- clears a field, and replaying events leaves the row untouched.
 CREATE TABLE evaluations (
-    eval_id         text        NOT NULL PRIMARY KEY,
+    eval_id         text COLLATE "C" NOT NULL PRIMARY KEY,
     tenant_id       text COLLATE "C",
     status          text        NOT NULL
                     CHECK (status IN ('queued', 'running', 'completed', 'failed')),
@@ -34,14 +35,14 @@ CREATE TABLE evaluations (
     language        text,
     engine          text,
     timeout         double precision,
-    metadata        jsonb,
+    metadata        jsonb COMPRESSION lz4,
     executor_id     text,
     queued_at       timestamptz,
     started_at      timestamptz,
     ended_at        timestamptz,
     success         boolean,
     output          text COMPRESSION lz4,
-    output_preview  text,
+    output_preview  text COMPRESSION lz4,
     output_size     bigint,
     output_sha256   text,
     output_ref      text,
@@ -64,7 +65,7 @@ CREATE TABLE security_audit (
     container_id text        NOT NULL,
     eval_id      text        NOT NULL,
     image        text        NOT NULL,
-    limits       jsonb       NOT NULL,
+    limits       jsonb COMPRESSION lz4 NOT NULL,
     ts           timestamptz NOT NULL,
     tenant_id    text
 );
@@ -76,7 +77,7 @@ CREATE TABLE security_events (
     event_id       text        NOT NULL PRIMARY KEY,
     container_id   text        NOT NULL,
     violation_type text        NOT NULL,
-    details        jsonb       NOT NULL,
+    details        jsonb COMPRESSION lz4 NOT NULL,
     ts             timestamptz NOT NULL,
     tenant_id      text
 );

@@ -179,7 +179,7 @@ async fn run_graph(
                 tokio::spawn(drive(parquet, rx, ctx(c.batch)))
             }
             SinkConfig::Postgres(c) => {
-                let postgres = PostgresSink::connect(&sink.name, c, cache_tx.clone())
+                let postgres = PostgresSink::connect(c, cache_tx.clone(), ctx(c.batch))
                     .await
                     .map_err(|e| TopologyError::Build(format!("sinks.{}: {e}", sink.name)))?;
                 tokio::spawn(drive(postgres, rx, ctx(c.batch)))

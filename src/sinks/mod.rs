@@ -172,8 +172,7 @@ pub async fn drive<S: Sink>(mut sink: S, mut input: mpsc::Receiver<Arc<Batch>>, 
 /// Writes with retries; after the retry budget, dead letters what this sink accepts.
 async fn write<S: Sink>(sink: &mut S, batches: &[Arc<Batch>], ctx: &SinkContext) {
     let counters = ctx.stats.component(&ctx.name);
-    let mut backoff = FIRST_BACKOFF;
-    let mut failures = 0;
+    let mut retry = Retry::new();
     loop {
         match sink.write(batches).await {
             Ok(written) => {
@@ -182,53 +181,87 @@ async fn write<S: Sink>(sink: &mut S, batches: &[Arc<Batch>], ctx: &SinkContext)
                 ctx.dead_letters.send_all(written.rejected).await;
                 return;
             }
-            Err(SinkError::Unavailable(message)) => {
-                tracing::warn!(sink = %ctx.name, "Cannot write: {message}. Retrying in {backoff:?}; the pipeline waits.");
-            }
-            Err(SinkError::Failed(message)) => {
-                failures += 1;
-                if failures >= MAX_FAILED_ATTEMPTS {
-                    tracing::error!(sink = %ctx.name, "Giving up on a write after {failures} attempts: {message}. Its events go to the dead letters.");
-                    for batch in batches {
-                        for event in batch.events.iter().filter(|e| sink.accepts(e)) {
-                            let letter = DeadLetter::from_event(
-                                Reason::Undeliverable,
-                                format!("sinks.{}: {message}", ctx.name),
-                                &ctx.name,
-                                event,
-                            );
-                            ctx.dead_letters.send(letter.with_ack(&batch.ack)).await;
-                        }
-                    }
+            Err(e) => {
+                if !retry.again(&e, "write", ctx).await {
+                    dead_letter_all(batches, |event| sink.accepts(event), &e, ctx).await;
                     return;
                 }
-                tracing::warn!(sink = %ctx.name, "Write failed: {message}. Retrying in {backoff:?}.");
             }
         }
-        counters.retries.fetch_add(1, Relaxed);
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
 /// Flushes with retries for as long as the server is unavailable.
 async fn flush<S: Sink>(sink: &mut S, last: bool, ctx: &SinkContext) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut failures = 0;
-    loop {
-        match sink.flush(last).await {
-            Ok(()) => return,
-            Err(e) => {
-                failures += 1;
-                if matches!(e, SinkError::Failed(_)) && failures >= MAX_FAILED_ATTEMPTS {
-                    tracing::error!(sink = %ctx.name, "Giving up flushing: {e}.");
-                    return;
-                }
-                tracing::warn!(sink = %ctx.name, "Flushing failed: {e}. Retrying in {backoff:?}.");
-                ctx.stats.component(&ctx.name).retries.fetch_add(1, Relaxed);
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+    let mut retry = Retry::new();
+    while let Err(e) = sink.flush(last).await {
+        if !retry.again(&e, "flush", ctx).await {
+            return;
+        }
+    }
+}
+
+/// The backoff between attempts of a write: an unavailable server is waited for as long as it
+/// takes (the pipeline waits meanwhile); other failures are tried [`MAX_FAILED_ATTEMPTS`] times.
+pub struct Retry {
+    backoff: Duration,
+    failures: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry::new()
+    }
+}
+
+impl Retry {
+    pub fn new() -> Retry {
+        Retry {
+            backoff: FIRST_BACKOFF,
+            failures: 0,
+        }
+    }
+
+    /// After a failed attempt to `what` (a verb: "write"): logs it, waits, and says whether to
+    /// try again.
+    pub async fn again(&mut self, error: &SinkError, what: &str, ctx: &SinkContext) -> bool {
+        let backoff = self.backoff;
+        match error {
+            SinkError::Unavailable(message) => {
+                tracing::warn!(sink = %ctx.name, "Cannot {what}: {message}. Retrying in {backoff:?}; the pipeline waits.");
             }
+            SinkError::Failed(message) => {
+                self.failures += 1;
+                if self.failures >= MAX_FAILED_ATTEMPTS {
+                    tracing::error!(sink = %ctx.name, "Giving up after {} attempts to {what}: {message}. Its events go to the dead letters.", self.failures);
+                    return false;
+                }
+                tracing::warn!(sink = %ctx.name, "Could not {what}: {message}. Retrying in {backoff:?}.");
+            }
+        }
+        ctx.stats.component(&ctx.name).retries.fetch_add(1, Relaxed);
+        sleep(backoff).await;
+        self.backoff = (backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+}
+
+/// Sends the events of `batches` that a sink `accepts` to the dead letters as undeliverable.
+pub async fn dead_letter_all(
+    batches: &[Arc<Batch>],
+    accepts: impl Fn(&Event) -> bool,
+    error: &SinkError,
+    ctx: &SinkContext,
+) {
+    for batch in batches {
+        for event in batch.events.iter().filter(|e| accepts(e)) {
+            let letter = DeadLetter::from_event(
+                Reason::Undeliverable,
+                format!("sinks.{}: {error}", ctx.name),
+                &ctx.name,
+                event,
+            );
+            ctx.dead_letters.send(letter.with_ack(&batch.ack)).await;
         }
     }
 }

@@ -76,3 +76,27 @@ pub fn redis_url() -> String {
 pub fn s3_endpoint() -> String {
     std::env::var("EVALSINK_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9100".into())
 }
+
+/// A sink's context for tests that drive a sink directly, with dead letters under `dir`.
+pub fn sink_context(
+    name: &str,
+    dir: &Path,
+) -> (evalsink::sinks::SinkContext, std::thread::JoinHandle<()>) {
+    use std::sync::Arc;
+    let stats = Arc::new(evalsink::stats::Stats::default());
+    let (dead_letters, thread) = evalsink::sinks::dead_letter::spawn(
+        dir.join("dead-letter"),
+        Arc::new(evalsink::transforms::redact::Redactor::new(&Default::default()).unwrap()),
+        stats.clone(),
+    );
+    let ctx = evalsink::sinks::SinkContext {
+        name: name.into(),
+        batch: evalsink::sinks::BatchConfig {
+            max_events: 50,
+            timeout_secs: 0.0,
+        },
+        dead_letters,
+        stats,
+    };
+    (ctx, thread)
+}

@@ -628,7 +628,8 @@ fn events_of(lines: &[String]) -> Vec<Event> {
         .collect()
 }
 
-/// Writes `events` through the sink in batches of `sizes` (cycled), one write per batch.
+/// Writes `events` through the sink in batches of `sizes` (cycled), one write per batch, and
+/// waits until they are stored.
 async fn write_all(sink: &mut PostgresSink, events: Vec<Event>, sizes: &[usize]) {
     let mut rest = events.into_iter().peekable();
     let mut i = 0;
@@ -636,12 +637,11 @@ async fn write_all(sink: &mut PostgresSink, events: Vec<Event>, sizes: &[usize])
         let n = sizes[i % sizes.len()].max(1);
         i += 1;
         let batch: Vec<Event> = rest.by_ref().take(n).collect();
-        let written = sink
-            .write(&[Arc::new(Batch::new(batch, Ack::none()))])
+        sink.write(&[Arc::new(Batch::new(batch, Ack::none()))])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(written.rejected.is_empty(), "{:?}", written.rejected);
     }
+    sink.flush(true).await.unwrap();
 }
 
 #[test]
@@ -655,8 +655,10 @@ fn evaluations_are_the_same_for_every_order_and_duplication() {
         endpoint: url.clone(),
         ..PostgresConfig::default()
     };
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
     let (sink, pool) = runtime.block_on(async {
-        let sink = PostgresSink::connect("pg", &config, None).await.unwrap();
+        let sink = PostgresSink::connect(&config, None, ctx).await.unwrap();
         (sink, pool(&url).await)
     });
     // The runner takes an `Fn`.
@@ -746,6 +748,9 @@ fn evaluations_are_the_same_for_every_order_and_duplication() {
         assert_eq!(row.get::<Option<String>, _>("code").as_deref(), Some("print(1)"));
         assert_eq!(row.get::<Option<String>, _>("tenant_id").as_deref(), Some("tenant-1"));
     });
+    drop(sink);
+    dead_letter_thread.join().unwrap();
+    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
 }
 
 #[test]

@@ -20,17 +20,21 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use futures_util::future::join_all;
 use serde::Deserialize;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Postgres, Row};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
 
 use super::dead_letter::{DeadLetter, Reason};
 use super::evaluation::{CacheSender, CacheUpdate, EvalRow};
 use super::redis::redacted_url;
-use super::{BatchConfig, Sink, SinkError, Written};
-use crate::event::{Ack, Batch, Body, Event, Route, Routes};
+use super::{BatchConfig, Retry, Sink, SinkContext, SinkError, Written, dead_letter_all};
+use crate::event::{Batch, Body, Event, Route, Routes};
 use merge::{EvalColumns, UPSERT, merge_evaluations};
 use rows::{CopyRows, EVENTS_COPY, json_text, pg_text};
 
@@ -50,8 +54,8 @@ pub struct PostgresConfig {
     /// off).
     #[serde(default = "default_true")]
     pub migrate: bool,
-    /// Connections to the server (default 3). The `events` rows of a write are split over all
-    /// but one of them, and the other tables are written on the rest, in parallel.
+    /// Writes in flight at once, each in transactions of its own (default 3); the pool has one
+    /// connection more.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
     /// Events in one write and the longest wait to fill it (default 4000 events, 1 s).
@@ -301,48 +305,113 @@ const TABLE_ROUTES: [Route; 4] = [
     Route::SecurityEvents,
 ];
 
+/// The sink. Each write is handed to a task of its own and `write` returns as soon as it is
+/// under way, so that several writes are in the server at once and the next one is prepared
+/// meanwhile; at most `pool_size` are in flight (then `write` waits: backpressure). A write's
+/// task holds its batches, and so their acknowledgements, until every row is committed.
 pub struct PostgresSink {
-    name: String,
+    writer: Arc<Writer>,
+    in_flight: JoinSet<()>,
+    permits: Arc<Semaphore>,
+    /// Per lane of `evaluations`, resolves once the previous write has committed its rows in
+    /// that lane and handed them to the cache (see [`EVALUATION_LANES`]).
+    previous: Vec<Option<oneshot::Receiver<()>>>,
+}
+
+/// `evaluations` is written in lanes that work in parallel: each eval_id belongs to one lane
+/// (by a hash), and a lane commits the rows of one write after the other, in the order of the
+/// writes, then hands them to the cache. So the cache ends with the last committed row of
+/// every eval, and two transactions never update the same row at once.
+const EVALUATION_LANES: usize = 2;
+
+fn lane_of(eval_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    eval_id.hash(&mut h);
+    h.finish() as usize % EVALUATION_LANES
+}
+
+/// One write's turn in a lane: wait for `previous`, signal `done`.
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// What the writes of one sink share.
+struct Writer {
     pool: PgPool,
-    /// Connections that share the `events` rows of a write.
-    copy_parts: usize,
     routes: Routes,
     /// Where committed `evaluations` rows go (the Redis cache), when a redis sink exists.
     cache: Option<CacheSender>,
+    ctx: SinkContext,
 }
 
 impl PostgresSink {
     /// Connects (creating the database if needed) and applies the migrations unless
     /// `config.migrate` is false.
     pub async fn connect(
-        name: &str,
         config: &PostgresConfig,
         cache: Option<CacheSender>,
+        ctx: SinkContext,
     ) -> Result<PostgresSink, PostgresSinkError> {
-        let pool = connect_pool(&config.endpoint, config.pool_size).await?;
+        // One connection per write in flight, and one per lane of `evaluations`.
+        let connections = config.pool_size + EVALUATION_LANES as u32;
+        let pool = connect_pool(&config.endpoint, connections).await?;
         if config.migrate {
             migrate(&pool, &config.endpoint).await?;
         }
         Ok(PostgresSink {
-            name: name.to_string(),
-            pool,
-            copy_parts: (config.pool_size as usize).saturating_sub(1).max(1),
-            routes: TABLE_ROUTES.into_iter().collect(),
-            cache,
+            writer: Arc::new(Writer {
+                pool,
+                routes: TABLE_ROUTES.into_iter().collect(),
+                cache,
+                ctx,
+            }),
+            in_flight: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(config.pool_size as usize)),
+            previous: (0..EVALUATION_LANES).map(|_| None).collect(),
         })
     }
+}
 
-    fn refused(&self, table: &str, message: &str, event: &Event, ack: &Ack) -> DeadLetter {
-        DeadLetter::from_event(
-            Reason::Rejected,
-            format!(
-                "sinks.{}: PostgreSQL refused the event in table {table}: {message}",
-                self.name
-            ),
-            &self.name,
-            event,
-        )
-        .with_ack(ack)
+impl Sink for PostgresSink {
+    fn accepts(&self, event: &Event) -> bool {
+        self.writer.accepts(event)
+    }
+
+    async fn write(&mut self, batches: &[Arc<Batch>]) -> Result<Written, SinkError> {
+        let permit = self.permits.clone().acquire_owned().await;
+        let turns = self
+            .previous
+            .iter_mut()
+            .map(|previous| {
+                let (done, next) = oneshot::channel();
+                Turn {
+                    previous: previous.replace(next),
+                    done: Some(done),
+                }
+            })
+            .collect();
+        let writer = self.writer.clone();
+        let batches = batches.to_vec();
+        self.in_flight.spawn(async move {
+            writer.store(&batches, turns).await;
+            drop(permit);
+        });
+        while let Some(finished) = self.in_flight.try_join_next() {
+            finished.expect("a postgres write does not panic");
+        }
+        // The task counts the events once they are stored.
+        Ok(Written::default())
+    }
+
+    async fn flush(&mut self, last: bool) -> Result<(), SinkError> {
+        if last {
+            while let Some(finished) = self.in_flight.join_next().await {
+                finished.expect("a postgres write does not panic");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -377,26 +446,149 @@ impl<'a> Flat<'a> {
     }
 }
 
-impl Sink for PostgresSink {
+/// The refused rows of each part of a write that is done (positions in the write and the
+/// server's error); a part that failed is `None` and is tried again.
+#[derive(Default)]
+struct Progress {
+    events: Option<Vec<(usize, String)>>,
+    audit: Option<Vec<(usize, String)>>,
+    violations: Option<Vec<(usize, String)>>,
+    /// One per lane.
+    evaluations: Vec<Option<Vec<(usize, String)>>>,
+}
+
+impl Writer {
     fn accepts(&self, event: &Event) -> bool {
         event.routes.intersects(self.routes)
     }
 
-    async fn write(&mut self, batches: &[Arc<Batch>]) -> Result<Written, SinkError> {
+    /// Stores one write, retrying its failed parts with backoff; then counts it and sends its
+    /// refused events to the dead letters. Takes its turn in each lane of `evaluations`.
+    async fn store(&self, batches: &[Arc<Batch>], mut turns: Vec<Turn>) {
         let flat = Flat::new(batches);
         let events = flat.routed(Route::Events, true);
-        let lifecycle = flat.routed(Route::Evaluations, false);
         let audit = flat.routed(Route::SecurityAudit, true);
         let violations = flat.routed(Route::SecurityEvents, true);
+        let lifecycle = flat.routed(Route::Evaluations, false);
+        let mut lanes: Vec<Vec<merge::EvalRecord>> =
+            (0..EVALUATION_LANES).map(|_| Vec::new()).collect();
+        for record in merge_evaluations(lifecycle.iter().map(|&i| (i, flat.events[i]))) {
+            lanes[lane_of(record.eval_id)].push(record);
+        }
+        let bytes = events.iter().map(|&i| flat.events[i].size).sum();
+        let mut rows = CopyRows::with_capacity(events.len(), bytes);
+        for &i in &events {
+            rows.push(flat.events[i]);
+        }
+        let mut progress = Progress {
+            evaluations: vec![None; EVALUATION_LANES],
+            ..Progress::default()
+        };
+        let mut retry = Retry::new();
+        loop {
+            let outcome = futures_util::join!(
+                once(&mut progress.events, || write_events(
+                    &self.pool, &flat, &events, &rows
+                )),
+                once(&mut progress.audit, || write_security(
+                    &self.pool,
+                    &flat,
+                    &audit,
+                    SecurityTable::Audit
+                )),
+                once(&mut progress.violations, || write_security(
+                    &self.pool,
+                    &flat,
+                    &violations,
+                    SecurityTable::Events
+                )),
+                join_all(
+                    progress
+                        .evaluations
+                        .iter_mut()
+                        .zip(&mut turns)
+                        .zip(&lanes)
+                        .map(|((slot, turn), records)| once(slot, || async {
+                            if let Some(previous) = turn.previous.take() {
+                                // An error means the previous write is gone: nothing to wait for.
+                                let _ = previous.await;
+                            }
+                            let refused = write_evaluations(&self.pool, records).await?;
+                            self.send_to_cache(batches, &flat, records).await?;
+                            if let Some(done) = turn.done.take() {
+                                let _ = done.send(());
+                            }
+                            Ok(refused)
+                        }))
+                ),
+            );
+            let failure = [outcome.0, outcome.1, outcome.2]
+                .into_iter()
+                .chain(outcome.3)
+                .find_map(Result::err);
+            let Some(error) = failure else {
+                break;
+            };
+            if !retry.again(&error, "write to PostgreSQL", &self.ctx).await {
+                dead_letter_all(batches, |e| self.accepts(e), &error, &self.ctx).await;
+                return;
+            }
+        }
 
-        // `events` in contiguous parts, one transaction each, in parallel.
-        let part_len = events.len().div_ceil(self.copy_parts).max(1);
-        let copies = events.chunks(part_len).map(|part| async {
-            let refused = write_events(&self.pool, &flat, part).await?;
-            Ok::<_, SinkError>(("events", refused))
-        });
-        let records = merge_evaluations(lifecycle.iter().map(|&i| (i, flat.events[i])));
-        let want_cache: Vec<&str> = records
+        let evaluations = progress
+            .evaluations
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        let tables = [
+            ("events", progress.events),
+            ("evaluations", Some(evaluations)),
+            ("security_audit", progress.audit),
+            ("security_events", progress.violations),
+        ];
+        let mut refused_positions = std::collections::HashSet::new();
+        let mut letters = Vec::new();
+        for (table, refused) in tables {
+            for (i, message) in refused.unwrap_or_default() {
+                refused_positions.insert(i);
+                letters.push(
+                    DeadLetter::from_event(
+                        Reason::Rejected,
+                        format!(
+                            "sinks.{}: PostgreSQL refused the event in table {table}: {message}",
+                            self.ctx.name
+                        ),
+                        &self.ctx.name,
+                        flat.events[i],
+                    )
+                    .with_ack(&batches[flat.batch[i]].ack),
+                );
+            }
+        }
+        let stored = (0..flat.events.len())
+            .filter(|i| self.accepts(flat.events[*i]) && !refused_positions.contains(i))
+            .count();
+        self.ctx
+            .stats
+            .component(&self.ctx.name)
+            .events
+            .fetch_add(stored as u64, Relaxed);
+        self.ctx.dead_letters.send_all(letters).await;
+    }
+
+    /// Hands the committed rows of the evals that go to the cache to the redis sink, with the
+    /// acknowledgements of the write (released once the cache is written).
+    async fn send_to_cache(
+        &self,
+        batches: &[Arc<Batch>],
+        flat: &Flat<'_>,
+        records: &[merge::EvalRecord<'_>],
+    ) -> Result<(), SinkError> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let eval_ids: Vec<&str> = records
             .iter()
             .filter(|r| {
                 r.events
@@ -405,67 +597,34 @@ impl Sink for PostgresSink {
             })
             .map(|r| r.eval_id)
             .collect();
-        let evaluations = async {
-            let refused = write_evaluations(&self.pool, &records).await?;
-            // Positions in the write of every event of each refused record.
-            let refused: Vec<(usize, String)> = refused
-                .into_iter()
-                .flat_map(|(r, m)| records[r].events.iter().map(move |&i| (i, m.clone())))
-                .collect();
-            Ok::<_, SinkError>(("evaluations", refused))
-        };
-        let security = async {
-            let audit = write_security(&self.pool, &flat, &audit, SecurityTable::Audit).await?;
-            let violations =
-                write_security(&self.pool, &flat, &violations, SecurityTable::Events).await?;
-            let mut refused = audit;
-            refused.extend(violations);
-            Ok::<_, SinkError>(("security_audit/security_events", refused))
-        };
-
-        let (copies, evaluations, security) =
-            futures_util::join!(join_all(copies), evaluations, security);
-        let mut rejected = Vec::new();
-        let mut refused_positions = std::collections::HashSet::new();
-        for outcome in copies.into_iter().chain([evaluations, security]) {
-            let (table, refused) = outcome?;
-            for (i, message) in refused {
-                let event = flat.events[i];
-                let table = match (table, &event.body) {
-                    ("events", _) | ("evaluations", _) => table,
-                    (_, Body::ContainerCreated { .. }) => "security_audit",
-                    _ => "security_events",
-                };
-                refused_positions.insert(i);
-                rejected.push(self.refused(table, &message, event, &batches[flat.batch[i]].ack));
-            }
+        if eval_ids.is_empty() {
+            return Ok(());
         }
-
-        if let Some(cache) = &self.cache
-            && !want_cache.is_empty()
-        {
-            let rows = read_cache_rows(&self.pool, &want_cache)
+        let rows =
+            read_cache_rows(&self.pool, &eval_ids)
                 .await
                 .map_err(|e| match Failure::from(e) {
                     Failure::Sink(e) => e,
                     Failure::Data(m) => SinkError::Failed(m),
                 })?;
-            let acks = batches.iter().map(|b| b.ack.clone()).collect();
-            // The cache writer stops only after every postgres sink has; a closed channel
-            // means the run is being torn down.
-            let _ = cache.send(CacheUpdate { rows, acks }).await;
-        }
-        let stored = flat
-            .events
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| self.accepts(e) && !refused_positions.contains(i))
-            .count();
-        Ok(Written {
-            events: stored,
-            rejected,
-        })
+        let acks = batches.iter().map(|b| b.ack.clone()).collect();
+        // The cache writer stops only after every postgres sink; a closed channel means the
+        // run is being torn down.
+        let _ = cache.send(CacheUpdate { rows, acks }).await;
+        Ok(())
     }
+}
+
+/// Runs a part of a write unless an earlier attempt finished it; records its result.
+async fn once<F, Fut>(slot: &mut Option<Vec<(usize, String)>>, part: F) -> Result<(), SinkError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Vec<(usize, String)>, SinkError>>,
+{
+    if slot.is_none() {
+        *slot = Some(part().await?);
+    }
+    Ok(())
 }
 
 /// Stores the events at `positions` in `events`; returns the refused ones (positions in the
@@ -474,16 +633,16 @@ async fn write_events(
     pool: &PgPool,
     flat: &Flat<'_>,
     positions: &[usize],
+    rows: &CopyRows,
 ) -> Result<Vec<(usize, String)>, SinkError> {
-    let mut rows = CopyRows::new();
-    for &i in positions {
-        rows.push(flat.events[i]);
+    if positions.is_empty() {
+        return Ok(Vec::new());
     }
     let ids: Vec<Cow<str>> = positions
         .iter()
         .map(|&i| pg_text(&flat.events[i].id))
         .collect();
-    let (rows, ids) = (&rows, &ids);
+    let ids = &ids;
     let refused = bisect(positions.len(), |range| {
         copy_events(pool, rows, ids, range, flat, positions)
     })
@@ -520,7 +679,7 @@ async fn copy_events(
     }
     let copied = async {
         let mut copy = tx.copy_in_raw(EVENTS_COPY).await?;
-        copy.send(rows.stream(&new)).await?;
+        rows.send(&mut copy, &new).await?;
         copy.finish().await
     }
     .await;
@@ -580,8 +739,8 @@ async fn insert_events(
     Ok(())
 }
 
-/// Merges `records` into `evaluations`; returns the refused records (indices) with the
-/// server's error.
+/// Merges `records` into `evaluations`; returns the events of the refused records (positions
+/// in the write) with the server's error.
 async fn write_evaluations(
     pool: &PgPool,
     records: &[merge::EvalRecord<'_>],
@@ -590,7 +749,7 @@ async fn write_evaluations(
         return Ok(Vec::new());
     }
     let c = &EvalColumns::new(records);
-    bisect(records.len(), |r: Range<usize>| async move {
+    let refused = bisect(records.len(), |r: Range<usize>| async move {
         let mut tx = pool.begin().await?;
         sqlx::query(UPSERT.as_str())
             .bind(&c.eval_id[r.clone()])
@@ -623,7 +782,11 @@ async fn write_evaluations(
         tx.commit().await?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(refused
+        .into_iter()
+        .flat_map(|(r, m)| records[r].events.iter().map(move |&i| (i, m.clone())))
+        .collect())
 }
 
 #[derive(Clone, Copy)]

@@ -83,7 +83,7 @@ pub const EVENTS_COPY: &str =
 
 /// Rows of `events` in PostgreSQL's binary `COPY` format, kept row by row so that any
 /// contiguous range of them can be sent on its own (to isolate a row the server refuses).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CopyRows {
     data: Vec<u8>,
     /// Where each row starts in `data`, and one more for the end.
@@ -91,10 +91,13 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    pub fn new() -> CopyRows {
+    /// Room for `rows` rows of about `bytes` in all (the events' input size).
+    pub fn with_capacity(rows: usize, bytes: usize) -> CopyRows {
+        let mut starts = Vec::with_capacity(rows + 1);
+        starts.push(0);
         CopyRows {
-            data: Vec::new(),
-            starts: vec![0],
+            data: Vec::with_capacity(bytes + rows * 96),
+            starts,
         }
     }
 
@@ -131,19 +134,31 @@ impl CopyRows {
         self.starts.push(d.len());
     }
 
-    /// The whole `COPY` stream of the rows at `rows` (header, rows, trailer).
-    pub fn stream(&self, rows: &[usize]) -> Vec<u8> {
-        let row = |r: usize| &self.data[self.starts[r]..self.starts[r + 1]];
-        let size: usize = rows.iter().map(|&r| row(r).len()).sum();
-        let mut out = Vec::with_capacity(size + 32);
-        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        out.extend_from_slice(&0i32.to_be_bytes()); // flags
-        out.extend_from_slice(&0i32.to_be_bytes()); // header extension
-        for &r in rows {
-            out.extend_from_slice(row(r));
+    /// Sends the rows at `rows` (ascending) as one whole binary `COPY` stream: header, rows,
+    /// trailer. Runs of consecutive rows go out as they are, without a copy.
+    pub async fn send<C>(
+        &self,
+        copy: &mut sqlx::postgres::PgCopyIn<C>,
+        rows: &[usize],
+    ) -> sqlx::Result<()>
+    where
+        C: std::ops::DerefMut<Target = sqlx::PgConnection>,
+    {
+        // Signature, flags, header extension length.
+        copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
+            .await?;
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+                j += 1;
+            }
+            copy.send(&self.data[self.starts[rows[i]]..self.starts[rows[j - 1] + 1]])
+                .await?;
+            i = j;
         }
-        out.extend_from_slice(&(-1i16).to_be_bytes());
-        out
+        copy.send(&(-1i16).to_be_bytes()[..]).await?;
+        Ok(())
     }
 }
 
