@@ -9,7 +9,9 @@ scripts/services.sh
 cargo build --release --quiet
 export DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/evalsink}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-if [ -t 0 ]; then
+# Events piped in or redirected from a file are the input; otherwise (a terminal, /dev/null,
+# no stdin at all) sample events are.
+if [ ! -p /dev/stdin ] && [ ! -f /dev/stdin ]; then
   target/release/evalsink generate --events 10000 --bad-lines 0.001 | target/release/evalsink run "$@"
 else
   exec target/release/evalsink run "$@"
