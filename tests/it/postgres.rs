@@ -1007,3 +1007,149 @@ fn the_default_config_stores_rows_references_and_objects_and_replays_change_noth
     let parquet = std::fs::read_dir(data.join("events")).unwrap().count();
     assert_eq!(parquet, 8, "a Parquet dataset per event type");
 }
+
+/// A PostgreSQL server of the test's own (initdb in a temporary folder, run as the postgres
+/// user), to stop and start without disturbing the other tests.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn bin(tool: &str) -> String {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL is installed");
+        let version = versions
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .expect("a PostgreSQL version");
+        version.join("bin").join(tool).display().to_string()
+    }
+
+    fn as_postgres(args: &[&str]) {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(port: u16) -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
+            .status();
+        Self::as_postgres(&[
+            &Self::bin("initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "--auth=trust",
+            "--username=root",
+        ]);
+        let own = OwnPostgres { dir, port };
+        own.ctl("start");
+        own
+    }
+
+    fn ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        Self::as_postgres(&[
+            &Self::bin("pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-m",
+            "fast",
+            action,
+        ]);
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://root@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &Self::bin("pg_ctl"), "-D"])
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// While the server is down, a write waits and its batch stays unacknowledged; once the server
+/// is back, the write is retried, committed, and only then acknowledged.
+#[test]
+fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
+    let server = OwnPostgres::start(55_432);
+    let url = server.url("evalsink");
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = PostgresConfig {
+            endpoint: url.clone(),
+            ..PostgresConfig::default()
+        };
+        let mut sink = PostgresSink::connect(&config, None, ctx).await.unwrap();
+        let lines: Vec<String> = (0..500)
+            .map(|i| {
+                lifecycle_line(
+                    &format!("e{}", i % 50),
+                    &Step {
+                        stage: (i % 4) as u8,
+                        variant: 0,
+                        at: i,
+                        tenant: None,
+                    },
+                )
+            })
+            .collect();
+        server.ctl("stop");
+        let (ack, mut acked) = Ack::new();
+        sink.write(&[Arc::new(Batch::new(events_of(&lines), ack))])
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert!(
+            acked.try_recv().is_err(),
+            "acknowledged while the server was down"
+        );
+        server.ctl("start");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), &mut acked)
+            .await
+            .expect("acknowledged once the server is back")
+            .unwrap();
+        assert_eq!(status, evalsink::event::AckStatus::Delivered);
+        let pool = pool(&url).await;
+        assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 500);
+        assert_eq!(count(&pool, "SELECT count(*) FROM evaluations").await, 50);
+        sink.flush(true).await.unwrap();
+    });
+    dead_letter_thread.join().unwrap();
+    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
+}
