@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod event;
 pub mod generate;
+pub mod json;
 pub mod sinks;
 pub mod sources;
 pub mod stats;

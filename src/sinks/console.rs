@@ -34,8 +34,7 @@ impl Sink for Console {
         let mut text = Vec::new();
         let mut events = 0;
         for event in batches.iter().flat_map(|b| &b.events) {
-            serde_json::to_writer(&mut text, event)
-                .map_err(|e| SinkError::Failed(e.to_string()))?;
+            crate::json::write_event(&mut text, event, crate::json::Nul::Escape);
             text.push(b'\n');
             events += 1;
         }

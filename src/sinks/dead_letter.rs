@@ -154,7 +154,11 @@ impl DeadLetter {
             reason,
             message,
             origin: Origin::new(component),
-            raw: serde_json::to_string(event).unwrap_or_default(),
+            raw: {
+                let mut text = Vec::new();
+                crate::json::write_event(&mut text, event, crate::json::Nul::Escape);
+                String::from_utf8(text).expect("JSON is UTF-8")
+            },
             raw_bytes: None,
             event_id: Some(event.id.clone()),
             ack: None,

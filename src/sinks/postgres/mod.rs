@@ -733,7 +733,16 @@ async fn insert_events(
             .map(|e| e.tenant_id.as_deref().map(pg_text))
             .collect::<Vec<_>>(),
     )
-    .bind(events.iter().map(|e| json_text(*e)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| {
+                let mut text = Vec::new();
+                crate::json::write_event(&mut text, e, crate::json::Nul::AsText);
+                String::from_utf8(text).expect("JSON is UTF-8")
+            })
+            .collect::<Vec<_>>(),
+    )
     .execute(tx)
     .await?;
     Ok(())

@@ -8,11 +8,10 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::Event;
+use crate::json::{self, Nul};
 
 /// What NUL becomes in stored text.
 const NUL_REPLACEMENT: &str = "\\u0000";
@@ -26,48 +25,11 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// A JSON value as text that `jsonb` accepts.
-pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+/// A JSON object as text that `jsonb` accepts.
+pub fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut out = Vec::new();
-    write_json(value, &mut out);
-    String::from_utf8(out).expect("serde_json writes UTF-8")
-}
-
-/// Appends `value` as JSON that `jsonb` accepts to `out`.
-pub fn write_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-    let start = out.len();
-    serde_json::to_writer(&mut *out, value).expect("events serialize");
-    if has_nul_escape(&out[start..]) {
-        let mut parsed: Value = serde_json::from_slice(&out[start..]).expect("just written");
-        replace_nul(&mut parsed);
-        out.truncate(start);
-        serde_json::to_writer(&mut *out, &parsed).expect("values serialize");
-    }
-}
-
-/// Whether serialized JSON holds a `\u0000` escape (not an escaped backslash followed by
-/// `u0000`).
-fn has_nul_escape(json: &[u8]) -> bool {
-    memchr::memmem::find_iter(json, b"\\u0000").any(|at| {
-        let backslashes = json[..at].iter().rev().take_while(|b| **b == b'\\').count();
-        backslashes % 2 == 0
-    })
-}
-
-fn replace_nul(value: &mut Value) {
-    match value {
-        Value::String(s) if s.contains('\0') => *s = s.replace('\0', NUL_REPLACEMENT),
-        Value::Array(items) => items.iter_mut().for_each(replace_nul),
-        Value::Object(map) if map.keys().any(|k| k.contains('\0')) => {
-            let old = std::mem::take(map);
-            for (k, mut v) in old {
-                replace_nul(&mut v);
-                map.insert(k.replace('\0', NUL_REPLACEMENT), v);
-            }
-        }
-        Value::Object(map) => map.values_mut().for_each(replace_nul),
-        _ => {}
-    }
+    json::write_map(&mut out, map, Nul::AsText);
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -128,7 +90,7 @@ impl CopyRows {
         // jsonb in binary: a version byte (1), then the JSON text.
         let at = d.len();
         d.extend_from_slice(&[0, 0, 0, 0, 1]);
-        write_json(event, d);
+        json::write_event(d, event, Nul::AsText);
         let len = (d.len() - at - 4) as i32;
         d[at..at + 4].copy_from_slice(&len.to_be_bytes());
         self.starts.push(d.len());
@@ -180,19 +142,17 @@ mod tests {
     fn nul_is_replaced_in_text_and_json_but_escaped_backslashes_are_kept() {
         assert_eq!(pg_text("a\0b"), "a\\u0000b");
         assert!(matches!(pg_text("ab"), Cow::Borrowed(_)));
-        let v: Value =
+        let v: serde_json::Value =
             serde_json::from_str(r#"{"k\u0000":"x\u0000y","lit":"\\u0000","n":[1,"\u0000"]}"#)
                 .unwrap();
-        let text = json_text(&v);
-        let back: Value = serde_json::from_str(&text).unwrap();
+        let text = json_text(v.as_object().unwrap());
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["k\\u0000"], "x\\u0000y");
         assert_eq!(
             back["lit"], "\\u0000",
             "a literal backslash-u stays as it was"
         );
         assert_eq!(back["n"][1], "\\u0000");
-        assert!(!has_nul_escape(br#"{"lit":"\\u0000"}"#));
-        assert!(has_nul_escape(br#"{"x":"\\\u0000"}"#));
     }
 
     #[test]
