@@ -43,6 +43,9 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub const EVENTS_COPY: &str =
     "COPY events (event_id, type, ts, eval_id, tenant_id, payload) FROM STDIN (FORMAT binary)";
 
+/// Largest `CopyData` message sent (a `COPY` stream may be cut anywhere).
+const SEND_PIECE: usize = 256 * 1024;
+
 /// Rows of `events` in PostgreSQL's binary `COPY` format, kept row by row so that any
 /// contiguous range of them can be sent on its own (to isolate a row the server refuses).
 #[derive(Debug)]
@@ -97,7 +100,7 @@ impl CopyRows {
     }
 
     /// Sends the rows at `rows` (ascending) as one whole binary `COPY` stream: header, rows,
-    /// trailer. Runs of consecutive rows go out as they are, without a copy.
+    /// trailer.
     pub async fn send<C>(
         &self,
         copy: &mut sqlx::postgres::PgCopyIn<C>,
@@ -115,8 +118,11 @@ impl CopyRows {
             while j < rows.len() && rows[j] == rows[j - 1] + 1 {
                 j += 1;
             }
-            copy.send(&self.data[self.starts[rows[i]]..self.starts[rows[j - 1] + 1]])
-                .await?;
+            let run = &self.data[self.starts[rows[i]]..self.starts[rows[j - 1] + 1]];
+            // In pieces, so that the connection's send buffer stays small.
+            for piece in run.chunks(SEND_PIECE) {
+                copy.send(piece).await?;
+            }
             i = j;
         }
         copy.send(&(-1i16).to_be_bytes()[..]).await?;
