@@ -13,6 +13,8 @@ use crate::sinks::dead_letter::{DeadLetter, Origin, Reason};
 use crate::sources::lines::{TOO_LONG_PREFIX_BYTES, split_lines};
 use crate::transforms::classify::Classification;
 
+mod scan;
+
 /// Why a line was refused, with a message for the dead letter record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -88,22 +90,9 @@ pub fn decode_chunk(
 /// Parses one line (without its newline), straight into the typed fields: no intermediate
 /// JSON object is built, and known keys are never allocated.
 pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
-    // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
-    // a line it refused.
-    let raw = match serde_json::from_slice::<Line>(line) {
-        Ok(Line::Object(raw)) => raw,
-        Ok(Line::Other(kind)) => {
-            return Err(Refusal::new(
-                Reason::NotAnObject,
-                format!("expected a JSON object, found {kind}"),
-            ));
-        }
-        Err(e) => {
-            return Err(match std::str::from_utf8(line) {
-                Err(utf8) => Refusal::new(Reason::InvalidUtf8, format!("not valid UTF-8: {utf8}")),
-                Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
-            });
-        }
+    let raw = match scan::parse(line) {
+        Some(raw) => raw,
+        None => slow_parse(line)?,
     };
     let RawEvent {
         type_name,
@@ -112,7 +101,7 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
         tenant_id,
         slots,
         extra,
-    } = *raw;
+    } = raw;
     let event_type = match type_name {
         None | Some(TypeName::Null) => {
             return Err(Refusal::new(Reason::MissingField, "missing field `type`"));
@@ -198,6 +187,24 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
             .unwrap_or(Routes::NONE),
         size: line.len() + 1,
     })
+}
+
+/// Parses a line with serde_json alone: the fast path's fallback, which also explains what is
+/// wrong with a bad line.
+fn slow_parse(line: &[u8]) -> Result<RawEvent, Refusal> {
+    // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
+    // a line it refused.
+    match serde_json::from_slice::<Line>(line) {
+        Ok(Line::Object(raw)) => Ok(*raw),
+        Ok(Line::Other(kind)) => Err(Refusal::new(
+            Reason::NotAnObject,
+            format!("expected a JSON object, found {kind}"),
+        )),
+        Err(e) => Err(match std::str::from_utf8(line) {
+            Err(utf8) => Refusal::new(Reason::InvalidUtf8, format!("not valid UTF-8: {utf8}")),
+            Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
+        }),
+    }
 }
 
 /// `event_id` for a line that has none: the first 128 bits of the sha256 of its bytes, so that
@@ -347,6 +354,19 @@ struct RawEvent {
     extra: Map<String, Value>,
 }
 
+impl RawEvent {
+    fn empty() -> RawEvent {
+        RawEvent {
+            type_name: None,
+            event_id: None,
+            timestamp: None,
+            tenant_id: None,
+            slots: Default::default(),
+            extra: Map::new(),
+        }
+    }
+}
+
 /// The value of `type`, read without allocating when it is a known name.
 enum TypeName {
     Known(EventType),
@@ -457,14 +477,7 @@ impl<'de> Deserialize<'de> for Line {
                 f.write_str("a JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
-                let mut raw = Box::new(RawEvent {
-                    type_name: None,
-                    event_id: None,
-                    timestamp: None,
-                    tenant_id: None,
-                    slots: Default::default(),
-                    extra: Map::new(),
-                });
+                let mut raw = Box::new(RawEvent::empty());
                 // A repeated key keeps its last value, as serde_json's own objects do.
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
