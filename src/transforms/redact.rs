@@ -35,6 +35,13 @@ const MARKER_PREFIX: &str = "[REDACTED:";
 /// 0.45 GB/s).
 const KEYWORDS_PER_SEARCHER: usize = 16;
 
+/// The largest lowercase buffer a thread keeps between texts.
+const LOWERCASE_KEPT_BYTES: usize = 4 << 20;
+
+thread_local! {
+    static LOWERCASE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Windows of one rule closer than this are searched with one regex call: a call costs more
 /// than scanning this many bytes, since most rules start with a literal the regex skips to.
 const WINDOW_GAP: usize = 256;
@@ -172,6 +179,9 @@ pub struct Redactor {
     hit_rules: Vec<Vec<Option<Vec<usize>>>>,
     /// The length of the longest keyword.
     max_keyword_len: usize,
+    /// The length of the shortest keyword: a shorter text holds no match of a rule with
+    /// keywords.
+    min_keyword_len: usize,
     /// Rules without keywords: they run over every text.
     always: Vec<usize>,
     /// Each allow pattern anchored at both ends, matched against the text to be replaced.
@@ -322,6 +332,7 @@ impl Redactor {
             searchers,
             hit_rules,
             max_keyword_len: keywords.iter().map(|k| k.len()).max().unwrap_or(0),
+            min_keyword_len: keywords.iter().map(|k| k.len()).min().unwrap_or(usize::MAX),
             always,
             allow,
         })
@@ -380,9 +391,25 @@ impl Redactor {
 
     /// The spans to replace, sorted and disjoint.
     fn find_spans(&self, text: &str) -> Vec<Span> {
+        if text.len() < self.min_keyword_len && self.always.is_empty() {
+            return Vec::new();
+        }
         // Lowercasing ASCII keeps every byte offset; the searchers are then case-sensitive.
-        let lower = text.to_ascii_lowercase();
-        let bytes = lower.as_bytes();
+        // The lowercase copy goes to a buffer that each thread reuses.
+        LOWERCASE.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            buffer.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            let spans = self.find_spans_in(text, &buffer);
+            if buffer.capacity() > LOWERCASE_KEPT_BYTES {
+                *buffer = Vec::new();
+            }
+            spans
+        })
+    }
+
+    /// [`Redactor::find_spans`], given the text in lowercase.
+    fn find_spans_in(&self, text: &str, bytes: &[u8]) -> Vec<Span> {
         // For each rule, the windows to search, kept sorted and merged as they come; allocated
         // at the first keyword hit.
         let mut windows: Vec<Vec<(usize, usize)>> = Vec::new();
@@ -448,6 +475,19 @@ impl Redactor {
             }
         }
 
+        // A span that several rules found is checked against the allow list once.
+        if self.allow.is_some() && !spans.is_empty() {
+            sort_spans(&mut spans);
+            let mut last: Option<(usize, usize, bool)> = None;
+            spans.retain(|s| {
+                let allowed = match last {
+                    Some((start, end, allowed)) if (start, end) == (s.start, s.end) => allowed,
+                    _ => self.allowed(&text[s.start..s.end]),
+                };
+                last = Some((s.start, s.end, allowed));
+                !allowed
+            });
+        }
         // Text that is already a marker is never redacted again (idempotence).
         if !markers.is_empty() {
             markers.sort_unstable();
@@ -459,7 +499,8 @@ impl Redactor {
         merge_spans(spans)
     }
 
-    /// Runs one rule over a window of `text` and pushes the secrets it finds. Matches start in
+    /// Runs one rule over a window of `text` and pushes the candidates it finds (the allow list
+    /// is checked afterwards, once for each distinct span). Matches start in
     /// the window; the regex sees the text before it, and one character after it, as context
     /// for `\b`, `^` and `$`.
     fn search(
@@ -492,7 +533,7 @@ impl Redactor {
             let Some((s, e)) = locations.get(rule.secret_group) else {
                 continue;
             };
-            if s == e || self.allowed(&text[s..e]) {
+            if s == e {
                 continue;
             }
             out.push(Span {
@@ -510,9 +551,8 @@ impl Redactor {
     }
 }
 
-/// Sorts spans and merges overlapping ones; a merged span keeps the rule of its earliest-starting,
-/// longest part.
-fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
+/// Sorts spans by start, longest first.
+fn sort_spans(spans: &mut [Span]) {
     spans.sort_unstable_by(|a, b| {
         (a.start, std::cmp::Reverse(a.end), a.rule).cmp(&(
             b.start,
@@ -520,6 +560,12 @@ fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
             b.rule,
         ))
     });
+}
+
+/// Sorts spans and merges overlapping ones; a merged span keeps the rule of its earliest-starting,
+/// longest part.
+fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
+    sort_spans(&mut spans);
     let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
     for span in spans {
         match merged.last_mut() {
