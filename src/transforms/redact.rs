@@ -520,9 +520,15 @@ impl Redactor {
         let haystack = &text[..ceil_boundary(text, end + 1)];
         let mut at = start;
         while at <= end {
-            // With a secret group, the regex finds the match first and then runs its capture
-            // engine on the match only.
-            let Some(m) = rule.regex.captures_read_at(locations, haystack, at) else {
+            // Without a secret group the match is the secret and no capture engine runs; with
+            // one, the regex finds the match first and then runs its capture engine on the
+            // match only.
+            let m = if rule.secret_group == 0 {
+                rule.regex.find_at(haystack, at)
+            } else {
+                rule.regex.captures_read_at(locations, haystack, at)
+            };
+            let Some(m) = m else {
                 break;
             };
             at = if m.end() > m.start() {
@@ -530,8 +536,13 @@ impl Redactor {
             } else {
                 ceil_boundary(text, m.end() + 1)
             };
-            let Some((s, e)) = locations.get(rule.secret_group) else {
-                continue;
+            let (s, e) = if rule.secret_group == 0 {
+                (m.start(), m.end())
+            } else {
+                match locations.get(rule.secret_group) {
+                    Some(span) => span,
+                    None => continue,
+                }
             };
             if s == e {
                 continue;
