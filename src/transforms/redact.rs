@@ -416,12 +416,10 @@ impl Redactor {
         let mut markers: Vec<(usize, usize)> = Vec::new();
         // The line of the last hit, found once for all hits on it.
         let mut line = (0, 0);
-        for (searcher, targets) in self.searchers.iter().zip(&self.hit_rules) {
+        // The marker's searcher (the first) runs only when there is something to redact.
+        for (searcher, targets) in self.searchers.iter().zip(&self.hit_rules).skip(1) {
             searcher.for_each_hit(bytes, |hit| {
                 let Some(rules) = &targets[hit.pattern().as_usize()] else {
-                    if let Some(end) = marker_end(text, hit.start()) {
-                        markers.push((hit.start(), end));
-                    }
                     return;
                 };
                 if windows.is_empty() {
@@ -489,6 +487,13 @@ impl Redactor {
             });
         }
         // Text that is already a marker is never redacted again (idempotence).
+        if !spans.is_empty() {
+            self.searchers[0].for_each_hit(bytes, |hit| {
+                if let Some(end) = marker_end(text, hit.start()) {
+                    markers.push((hit.start(), end));
+                }
+            });
+        }
         if !markers.is_empty() {
             markers.sort_unstable();
             spans.retain(|s| {
