@@ -15,7 +15,7 @@ FILE="$WORK/events-$EVENTS.ndjson"
 if [ ! -s "$FILE" ]; then
   "$BIN" generate --events "$EVENTS" --seed 1 --large-outputs 0.002 > "$FILE"
 fi
-BYTES=$(stat -c %s "$FILE")
+BYTES=$(stat -L -c %s "$FILE")
 echo "input: $FILE, $EVENTS events, $((BYTES / 1000000)) MB"
 
 config() { # $1 = transforms chain ("classify" or "classify redact")
