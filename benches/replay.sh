@@ -15,7 +15,7 @@ FILE="$WORK/events-$EVENTS.ndjson"
 if [ ! -s "$FILE" ]; then
   "$BIN" generate --events "$EVENTS" --seed 1 --large-outputs 0.002 > "$FILE"
 fi
-BYTES=$(stat -c %s "$FILE")
+BYTES=$(stat -L -c %s "$FILE")
 echo "input: $FILE, $EVENTS events, $((BYTES / 1000000)) MB"
 
 config() { # $1 = transforms chain ("classify" or "classify redact")
@@ -27,20 +27,23 @@ config() { # $1 = transforms chain ("classify" or "classify redact")
 }
 
 measure() { # $1 = label, $2 = config
-  local best=0 rates=()
+  local rates=() cpu_rates=()
   for _ in $(seq "$RUNS"); do
-    local start end secs rss
-    start=$(date +%s.%N)
-    /usr/bin/time -o "$WORK/time.txt" -f '%M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
-    rss=$(tail -n1 "$WORK/time.txt")
-    end=$(date +%s.%N)
-    secs=$(echo "$end - $start" | bc -l)
+    local secs user sys rss
+    # Wall time, and user+sys CPU time (steadier than wall time when the machine is busy).
+    /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S %M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
+    read -r secs user sys rss < <(tail -n1 "$WORK/time.txt")
     rates+=("$(echo "$BYTES / $secs / 1000000" | bc -l)")
-    echo "$(printf '  %-22s %7.1f MB/s %9.0f events/s  peak RSS %6.1f MiB' "$1" "$(echo "$BYTES / $secs / 1000000" | bc -l)" "$(echo "$EVENTS / $secs" | bc -l)" "$(echo "$rss / 1024" | bc -l)")"
+    cpu_rates+=("$(echo "$BYTES / ($user + $sys) / 1000000" | bc -l)")
+    printf '  %-22s %7.1f MB/s %9.0f events/s  %7.1f MB per CPU-second  peak RSS %6.1f MiB\n' "$1" \
+      "$(echo "$BYTES / $secs / 1000000" | bc -l)" "$(echo "$EVENTS / $secs" | bc -l)" \
+      "${cpu_rates[-1]}" "$(echo "$rss / 1024" | bc -l)"
   done
-  local median
+  local median cpu_median
   median=$(printf '%s\n' "${rates[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '  %-22s median %.1f MB/s\n' "$1" "$median"
+  cpu_median=$(printf '%s\n' "${cpu_rates[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf '  %-22s median %.1f MB/s, %.1f MB per CPU-second (load average %s)\n' "$1" "$median" "$cpu_median" \
+    "$(cut -d' ' -f1 /proc/loadavg)"
   echo "$median" > "$WORK/median-$(echo "$1" | tr ' >' '__')"
 }
 

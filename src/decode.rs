@@ -1,7 +1,10 @@
 //! Decoding: one NDJSON line into an [`Event`], parsed once, or into a dead letter with the
 //! reason it was refused (SPEC.md, "Bad input").
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -9,6 +12,8 @@ use crate::event::{Body, Event, EventType, Routes};
 use crate::sinks::dead_letter::{DeadLetter, Origin, Reason};
 use crate::sources::lines::{TOO_LONG_PREFIX_BYTES, split_lines};
 use crate::transforms::classify::Classification;
+
+mod scan;
 
 /// Why a line was refused, with a message for the dead letter record.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,92 +87,90 @@ pub fn decode_chunk(
     out
 }
 
-/// Parses one line (without its newline).
+/// Parses one line (without its newline), straight into the typed fields: no intermediate
+/// JSON object is built, and known keys are never allocated.
 pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
-    // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
-    // a line it refused.
-    let mut map: Map<String, Value> = match serde_json::from_slice::<Value>(line) {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => {
-            return Err(Refusal::new(
-                Reason::NotAnObject,
-                format!("expected a JSON object, found {}", json_kind(&other)),
-            ));
-        }
-        Err(e) => {
-            return Err(match std::str::from_utf8(line) {
-                Err(utf8) => Refusal::new(Reason::InvalidUtf8, format!("not valid UTF-8: {utf8}")),
-                Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
-            });
-        }
+    let raw = match scan::parse(line) {
+        Some(raw) => raw,
+        None => slow_parse(line)?,
     };
-    let type_name = match map.remove("type") {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => {
+    let RawEvent {
+        type_name,
+        event_id,
+        timestamp,
+        tenant_id,
+        slots,
+        extra,
+    } = raw;
+    let event_type = match type_name {
+        None | Some(TypeName::Null) => {
             return Err(Refusal::new(Reason::MissingField, "missing field `type`"));
         }
-        Some(other) => return Err(wrong_type("type", "a string", &other)),
+        Some(TypeName::Known(t)) => t,
+        Some(TypeName::Unknown(name)) => {
+            return Err(Refusal::new(
+                Reason::UnknownType,
+                format!("unknown event type {name:?}"),
+            ));
+        }
+        Some(TypeName::Other(kind)) => return Err(wrong_kind("type", "a string", kind)),
     };
-    let Some(event_type) = EventType::parse(&type_name) else {
-        return Err(Refusal::new(
-            Reason::UnknownType,
-            format!("unknown event type {type_name:?}"),
-        ));
-    };
-    let id = match optional_string(&mut map, "event_id")? {
+    let id = match optional_string("event_id", event_id)? {
         Some(id) if !id.is_empty() => id,
         _ => derive_event_id(line),
     };
-    let ts = match map.remove("timestamp") {
-        None | Some(Value::Null) => now,
-        Some(v) => time_value("timestamp", v)?,
+    let ts = match timestamp {
+        None | Some(Time::Null) => now,
+        Some(Time::Parsed(t)) => t,
+        Some(Time::Other(v)) => time_value("timestamp", v)?,
+        Some(Time::Kind(kind)) => return Err(wrong_kind("timestamp", "an RFC 3339 string", kind)),
     };
-    let tenant_id = optional_string(&mut map, "tenant_id")?;
-    let mut fields = Fields(map);
+    let tenant_id = optional_string("tenant_id", tenant_id)?;
+    let mut fields = Fields { slots, extra };
     let body = match event_type {
         EventType::EvaluationQueued => Body::EvaluationQueued {
-            eval_id: fields.string("eval_id")?,
-            code: fields.string("code")?,
-            language: fields.string("language")?,
-            engine: fields.string("engine")?,
-            timeout: fields.number("timeout")?,
-            metadata: fields.object("metadata")?,
+            eval_id: fields.string(Field::EvalId)?,
+            code: fields.string(Field::Code)?,
+            language: fields.string(Field::Language)?,
+            engine: fields.string(Field::Engine)?,
+            timeout: fields.number(Field::Timeout)?,
+            metadata: fields.object(Field::Metadata)?,
         },
         EventType::EvaluationStarted => Body::EvaluationStarted {
-            eval_id: fields.string("eval_id")?,
-            executor_id: fields.string("executor_id")?,
-            start_time: fields.time("start_time")?,
+            eval_id: fields.string(Field::EvalId)?,
+            executor_id: fields.string(Field::ExecutorId)?,
+            start_time: fields.time(Field::StartTime)?,
         },
         EventType::EvaluationCompleted => Body::EvaluationCompleted {
-            eval_id: fields.string("eval_id")?,
-            output: fields.string("output")?,
-            success: fields.boolean("success")?,
-            end_time: fields.time("end_time")?,
+            eval_id: fields.string(Field::EvalId)?,
+            output: fields.string(Field::Output)?,
+            success: fields.boolean(Field::Success)?,
+            end_time: fields.time(Field::EndTime)?,
         },
         EventType::EvaluationFailed => Body::EvaluationFailed {
-            eval_id: fields.string("eval_id")?,
-            error: fields.string("error")?,
-            traceback: fields.string("traceback")?,
+            eval_id: fields.string(Field::EvalId)?,
+            error: fields.string(Field::Error)?,
+            traceback: fields.string(Field::Traceback)?,
         },
         EventType::ExecutorHealth => Body::ExecutorHealth {
-            executor_id: fields.string("executor_id")?,
-            status: fields.string("status")?,
-            metrics: fields.object("metrics")?,
+            executor_id: fields.string(Field::ExecutorId)?,
+            status: fields.string(Field::Status)?,
+            metrics: fields.object(Field::Metrics)?,
         },
         EventType::QueueMetrics => Body::QueueMetrics {
-            queue_length: fields.integer("queue_length")?,
-            processing_count: fields.integer("processing_count")?,
+            queue_length: fields.integer(Field::QueueLength)?,
+            processing_count: fields.integer(Field::ProcessingCount)?,
         },
         EventType::ContainerCreated => Body::ContainerCreated {
-            container_id: fields.string("container_id")?,
-            eval_id: fields.string("eval_id")?,
-            image: fields.string("image")?,
-            limits: fields.object("limits")?,
+            container_id: fields.string(Field::ContainerId)?,
+            eval_id: fields.string(Field::EvalId)?,
+            image: fields.string(Field::Image)?,
+            limits: fields.object(Field::Limits)?,
         },
         EventType::ResourceViolation => Body::ResourceViolation {
-            container_id: fields.string("container_id")?,
-            violation_type: fields.string("violation_type")?,
-            details: fields.object("details")?,
+            container_id: fields.string(Field::ContainerId)?,
+            violation_type: fields.string(Field::ViolationType)?,
+            details: fields.object(Field::Details)?,
         },
     };
     Ok(Event {
@@ -175,7 +178,7 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
         ts,
         tenant_id,
         body,
-        extra: fields.0,
+        extra: fields.into_extra(),
         stored: Vec::new(),
         // The built-in routes, so that a pipeline without classify still reaches its stores;
         // classify sets them from its own rules.
@@ -186,6 +189,24 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
     })
 }
 
+/// Parses a line with serde_json alone: the fast path's fallback, which also explains what is
+/// wrong with a bad line.
+fn slow_parse(line: &[u8]) -> Result<RawEvent, Refusal> {
+    // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
+    // a line it refused.
+    match serde_json::from_slice::<Line>(line) {
+        Ok(Line::Object(raw)) => Ok(*raw),
+        Ok(Line::Other(kind)) => Err(Refusal::new(
+            Reason::NotAnObject,
+            format!("expected a JSON object, found {kind}"),
+        )),
+        Err(e) => Err(match std::str::from_utf8(line) {
+            Err(utf8) => Refusal::new(Reason::InvalidUtf8, format!("not valid UTF-8: {utf8}")),
+            Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
+        }),
+    }
+}
+
 /// `event_id` for a line that has none: the first 128 bits of the sha256 of its bytes, so that
 /// replaying the same line gives the same id.
 pub fn derive_event_id(line: &[u8]) -> String {
@@ -193,43 +214,353 @@ pub fn derive_event_id(line: &[u8]) -> String {
     hex::encode(&digest[..16])
 }
 
-/// The remaining fields of a line, taken out one by one as the type requires them.
-struct Fields(Map<String, Value>);
+/// A field that some event type defines. A line may carry any of them whatever its type; those
+/// its type does not define are extra fields, kept under their name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    EvalId,
+    Code,
+    Language,
+    Engine,
+    Timeout,
+    Metadata,
+    ExecutorId,
+    StartTime,
+    Output,
+    Success,
+    EndTime,
+    Error,
+    Traceback,
+    Status,
+    Metrics,
+    QueueLength,
+    ProcessingCount,
+    ContainerId,
+    Image,
+    Limits,
+    ViolationType,
+    Details,
+}
+
+impl Field {
+    const COUNT: usize = Field::Details as usize + 1;
+
+    const NAMES: [&'static str; Field::COUNT] = [
+        "eval_id",
+        "code",
+        "language",
+        "engine",
+        "timeout",
+        "metadata",
+        "executor_id",
+        "start_time",
+        "output",
+        "success",
+        "end_time",
+        "error",
+        "traceback",
+        "status",
+        "metrics",
+        "queue_length",
+        "processing_count",
+        "container_id",
+        "image",
+        "limits",
+        "violation_type",
+        "details",
+    ];
+
+    fn name(self) -> &'static str {
+        Field::NAMES[self as usize]
+    }
+}
+
+/// A key of the line's object.
+enum Key {
+    Type,
+    EventId,
+    Timestamp,
+    TenantId,
+    Field(Field),
+    Other(String),
+}
+
+impl Key {
+    fn of(name: &str) -> Key {
+        use Field::*;
+        match name {
+            "type" => Key::Type,
+            "event_id" => Key::EventId,
+            "timestamp" => Key::Timestamp,
+            "tenant_id" => Key::TenantId,
+            "eval_id" => Key::Field(EvalId),
+            "code" => Key::Field(Code),
+            "language" => Key::Field(Language),
+            "engine" => Key::Field(Engine),
+            "timeout" => Key::Field(Timeout),
+            "metadata" => Key::Field(Metadata),
+            "executor_id" => Key::Field(ExecutorId),
+            "start_time" => Key::Field(StartTime),
+            "output" => Key::Field(Output),
+            "success" => Key::Field(Success),
+            "end_time" => Key::Field(EndTime),
+            "error" => Key::Field(Error),
+            "traceback" => Key::Field(Traceback),
+            "status" => Key::Field(Status),
+            "metrics" => Key::Field(Metrics),
+            "queue_length" => Key::Field(QueueLength),
+            "processing_count" => Key::Field(ProcessingCount),
+            "container_id" => Key::Field(ContainerId),
+            "image" => Key::Field(Image),
+            "limits" => Key::Field(Limits),
+            "violation_type" => Key::Field(ViolationType),
+            "details" => Key::Field(Details),
+            other => Key::Other(other.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(Key::of(name))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// What a line is, as far as the JSON goes.
+enum Line {
+    Object(Box<RawEvent>),
+    /// Valid JSON, but not an object: what it is instead ("an array").
+    Other(&'static str),
+}
+
+/// The line's object, sorted into slots by key; nothing is checked against the type yet (the
+/// `type` key may come last).
+struct RawEvent {
+    type_name: Option<TypeName>,
+    event_id: Option<Value>,
+    timestamp: Option<Time>,
+    tenant_id: Option<Value>,
+    slots: [Option<Value>; Field::COUNT],
+    extra: Map<String, Value>,
+}
+
+impl RawEvent {
+    fn empty() -> RawEvent {
+        RawEvent {
+            type_name: None,
+            event_id: None,
+            timestamp: None,
+            tenant_id: None,
+            slots: Default::default(),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// The value of `type`, read without allocating when it is a known name.
+enum TypeName {
+    Known(EventType),
+    Unknown(String),
+    Null,
+    /// Not a string: what it is instead.
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for TypeName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TypeName, D::Error> {
+        struct TypeVisitor;
+        impl<'de> Visitor<'de> for TypeVisitor {
+            type Value = TypeName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<TypeName, E> {
+                Ok(EventType::parse(name)
+                    .map_or_else(|| TypeName::Unknown(name.to_string()), TypeName::Known))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TypeName, E> {
+                Ok(TypeName::Null)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TypeName, E> {
+                Ok(TypeName::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TypeName, E> {
+                Ok(TypeName::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TypeName, E> {
+                Ok(TypeName::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TypeName, E> {
+                Ok(TypeName::Other("a number"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TypeName, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TypeName::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypeName, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(TypeName::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(TypeVisitor)
+    }
+}
+
+/// The value of `timestamp`: an RFC 3339 string is parsed as it is read (no allocation).
+enum Time {
+    Parsed(DateTime<Utc>),
+    Null,
+    /// A number, or a string that does not parse: checked by [`time_value`].
+    Other(Value),
+    /// Neither a string nor a number: what it is instead.
+    Kind(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Time, D::Error> {
+        struct TimeVisitor;
+        impl<'de> Visitor<'de> for TimeVisitor {
+            type Value = Time;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Time, E> {
+                Ok(match DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => Time::Parsed(t.with_timezone(&Utc)),
+                    Err(_) => Time::Other(Value::String(s.to_string())),
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Time, E> {
+                Ok(Time::Null)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Time, E> {
+                Ok(Time::Kind("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Time, E> {
+                Ok(Time::Other(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Time, E> {
+                Ok(Time::Other(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Time, E> {
+                Ok(Time::Other(v.into()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Time, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Time::Kind("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Time, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Time::Kind("an object"))
+            }
+        }
+        deserializer.deserialize_any(TimeVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Line, D::Error> {
+        struct LineVisitor;
+        impl<'de> Visitor<'de> for LineVisitor {
+            type Value = Line;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+                let mut raw = Box::new(RawEvent::empty());
+                // A repeated key keeps its last value, as serde_json's own objects do.
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Type => raw.type_name = Some(map.next_value()?),
+                        Key::EventId => raw.event_id = Some(map.next_value()?),
+                        Key::Timestamp => raw.timestamp = Some(map.next_value()?),
+                        Key::TenantId => raw.tenant_id = Some(map.next_value()?),
+                        Key::Field(f) => raw.slots[f as usize] = Some(map.next_value()?),
+                        Key::Other(name) => {
+                            raw.extra.insert(name, map.next_value()?);
+                        }
+                    }
+                }
+                Ok(Line::Object(raw))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Line, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Line::Other("an array"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Line, E> {
+                Ok(Line::Other("a string"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Line, E> {
+                Ok(Line::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Line, E> {
+                Ok(Line::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Line, E> {
+                Ok(Line::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Line, E> {
+                Ok(Line::Other("a number"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Line, E> {
+                Ok(Line::Other("null"))
+            }
+        }
+        deserializer.deserialize_any(LineVisitor)
+    }
+}
+
+/// The fields of a line, taken out one by one as its type requires them; the rest are extra.
+struct Fields {
+    slots: [Option<Value>; Field::COUNT],
+    extra: Map<String, Value>,
+}
 
 impl Fields {
-    fn take(&mut self, key: &str) -> Result<Value, Refusal> {
-        match self.0.remove(key) {
+    fn take(&mut self, field: Field) -> Result<Value, Refusal> {
+        match self.slots[field as usize].take() {
             None | Some(Value::Null) => Err(Refusal::new(
                 Reason::MissingField,
-                format!("missing field `{key}`"),
+                format!("missing field `{}`", field.name()),
             )),
             Some(v) => Ok(v),
         }
     }
 
-    fn string(&mut self, key: &str) -> Result<String, Refusal> {
-        match self.take(key)? {
+    fn string(&mut self, field: Field) -> Result<String, Refusal> {
+        match self.take(field)? {
             Value::String(s) => Ok(s),
-            other => Err(wrong_type(key, "a string", &other)),
+            other => Err(wrong_type(field.name(), "a string", &other)),
         }
     }
 
-    fn boolean(&mut self, key: &str) -> Result<bool, Refusal> {
-        match self.take(key)? {
+    fn boolean(&mut self, field: Field) -> Result<bool, Refusal> {
+        match self.take(field)? {
             Value::Bool(b) => Ok(b),
-            other => Err(wrong_type(key, "a boolean", &other)),
+            other => Err(wrong_type(field.name(), "a boolean", &other)),
         }
     }
 
-    fn number(&mut self, key: &str) -> Result<f64, Refusal> {
-        match self.take(key)? {
+    fn number(&mut self, field: Field) -> Result<f64, Refusal> {
+        match self.take(field)? {
             Value::Number(n) => Ok(n.as_f64().unwrap_or(f64::NAN)),
-            other => Err(wrong_type(key, "a number", &other)),
+            other => Err(wrong_type(field.name(), "a number", &other)),
         }
     }
 
-    fn integer(&mut self, key: &str) -> Result<i64, Refusal> {
-        match self.take(key)? {
+    fn integer(&mut self, field: Field) -> Result<i64, Refusal> {
+        let key = field.name();
+        match self.take(field)? {
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Ok(i),
                 None => match n.as_f64() {
@@ -244,21 +575,32 @@ impl Fields {
         }
     }
 
-    fn object(&mut self, key: &str) -> Result<Map<String, Value>, Refusal> {
-        match self.take(key)? {
+    fn object(&mut self, field: Field) -> Result<Map<String, Value>, Refusal> {
+        match self.take(field)? {
             Value::Object(m) => Ok(m),
-            other => Err(wrong_type(key, "an object", &other)),
+            other => Err(wrong_type(field.name(), "an object", &other)),
         }
     }
 
-    fn time(&mut self, key: &str) -> Result<DateTime<Utc>, Refusal> {
-        let v = self.take(key)?;
-        time_value(key, v)
+    fn time(&mut self, field: Field) -> Result<DateTime<Utc>, Refusal> {
+        let v = self.take(field)?;
+        time_value(field.name(), v)
+    }
+
+    /// The extra fields: those of no known name, and known ones that the type does not define.
+    fn into_extra(self) -> Map<String, Value> {
+        let mut extra = self.extra;
+        for (i, slot) in self.slots.into_iter().enumerate() {
+            if let Some(v) = slot {
+                extra.insert(Field::NAMES[i].to_string(), v);
+            }
+        }
+        extra
     }
 }
 
-fn optional_string(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, Refusal> {
-    match map.remove(key) {
+fn optional_string(key: &str, value: Option<Value>) -> Result<Option<String>, Refusal> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(wrong_type(key, "a string", &other)),
@@ -295,12 +637,13 @@ fn time_value(key: &str, value: Value) -> Result<DateTime<Utc>, Refusal> {
 }
 
 fn wrong_type(key: &str, expected: &str, found: &Value) -> Refusal {
+    wrong_kind(key, expected, json_kind(found))
+}
+
+fn wrong_kind(key: &str, expected: &str, found: &str) -> Refusal {
     Refusal::new(
         Reason::WrongType,
-        format!(
-            "field `{key}` must be {expected}, found {}",
-            json_kind(found)
-        ),
+        format!("field `{key}` must be {expected}, found {found}"),
     )
 }
 
@@ -397,6 +740,40 @@ mod tests {
         assert_eq!(out.dead[0].reason, Reason::InvalidJson);
         assert_eq!(out.dead[0].origin.line, Some(12));
         assert_eq!(out.lines, 4);
+    }
+
+    #[test]
+    fn known_names_of_other_types_are_extra_fields_and_type_may_come_last() {
+        let line = br#"{"queue_length":1,"processing_count":0,"eval_id":5,"code":{"a":1},"x":[1,{"y":null}],"timestamp":null,"\u0074ype":"QUEUE_METRICS"}"#;
+        let event = decode_line(line, now()).unwrap();
+        assert_eq!(event.event_type(), EventType::QueueMetrics);
+        assert_eq!(event.ts, now(), "a null timestamp is the time of ingestion");
+        assert_eq!(event.extra.get("eval_id"), Some(&Value::from(5)));
+        assert_eq!(event.extra.get("code"), Some(&serde_json::json!({"a": 1})));
+        assert_eq!(event.extra.len(), 3);
+        // A repeated key keeps its last value.
+        let twice =
+            br#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":0,"queue_length":7}"#;
+        match decode_line(twice, now()).unwrap().body {
+            Body::QueueMetrics { queue_length, .. } => assert_eq!(queue_length, 7),
+            other => panic!("{other:?}"),
+        }
+        // Wrong types of the envelope fields.
+        for line in [
+            br#"{"type":7}"#.as_slice(),
+            br#"{"type":{"a":[1]}}"#,
+            br#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":0,"timestamp":[1]}"#,
+            br#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":0,"event_id":1}"#,
+        ] {
+            assert_eq!(
+                reason(line),
+                Reason::WrongType,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(reason(b"[1,2] x"), Reason::InvalidJson);
+        assert_eq!(reason(b"null"), Reason::NotAnObject);
     }
 
     #[test]

@@ -47,9 +47,15 @@ impl Fanout {
     pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
         let batch = Arc::new(batch);
         let mut delivered = false;
-        for tx in &self.senders {
+        // The last receiver gets this reference itself: with one downstream component the batch
+        // arrives unshared, and a transform can take it without copying its events.
+        let Some((last, others)) = self.senders.split_last() else {
+            return Err(Closed);
+        };
+        for tx in others {
             delivered |= tx.send(batch.clone()).await.is_ok();
         }
+        delivered |= last.send(batch).await.is_ok();
         if delivered { Ok(()) } else { Err(Closed) }
     }
 }

@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_too_long_line_is_reported_and_the_stream_goes_on() {
-        let long = vec![b'x'; 50];
+        let long = [b'x'; 50];
         let f = frames(&[b"ok\n", &long[..20], &long[20..], b"\nnext\n"], 10, 100);
         assert_eq!(
             lines_of(&f),

@@ -3,13 +3,13 @@
 //! progress bar on a terminal.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
@@ -141,7 +141,7 @@ fn read_frames(
     tx: &mpsc::Sender<io::Result<Frame>>,
     read: &AtomicU64,
 ) {
-    let mut reader = match open(input, read) {
+    let Opened { mut reader, counts } = match open(input, read) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
@@ -149,14 +149,27 @@ fn read_frames(
         }
     };
     let mut framer = LineFramer::new(max_line_bytes, CHUNK_BYTES);
-    let mut buf = BytesMut::with_capacity(2 * CHUNK_BYTES);
+    let mut buf = BytesMut::new();
     loop {
-        // Read straight into the buffer's free space (no second copy).
-        buf.reserve(CHUNK_BYTES);
-        let filled = buf.len();
-        buf.resize(filled + CHUNK_BYTES, 0);
-        let result = reader.read(&mut buf[filled..]);
-        buf.truncate(filled + *result.as_ref().unwrap_or(&0));
+        let result = if buf.len() <= CHUNK_BYTES {
+            // The unfinished line of the last read moves to the front of a new buffer and the
+            // read goes straight into its free space, which std fills without zeroing it first.
+            // The frames already cut keep the old buffer until they are decoded.
+            let mut next = Vec::with_capacity(buf.len() + CHUNK_BYTES);
+            next.extend_from_slice(&buf);
+            let result = (&mut reader)
+                .take(CHUNK_BYTES as u64)
+                .read_to_end(&mut next);
+            buf = BytesMut::from(Bytes::from(next));
+            result
+        } else {
+            // A long line: the buffer grows in place instead of being copied at every read.
+            let filled = buf.len();
+            buf.resize(filled + CHUNK_BYTES, 0);
+            let result = reader.read(&mut buf[filled..]);
+            buf.truncate(filled + *result.as_ref().unwrap_or(&0));
+            result
+        };
         let n = match result {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -167,6 +180,9 @@ fn read_frames(
         };
         if n == 0 {
             break;
+        }
+        if !counts {
+            read.fetch_add(n as u64, Relaxed);
         }
         loop {
             match framer.decode(&mut buf) {
@@ -190,21 +206,60 @@ fn read_frames(
     }
 }
 
+/// An opened input.
+struct Opened<'a> {
+    reader: Box<dyn Read + 'a>,
+    /// Whether the reader counts the bytes it reads itself (compressed inputs count their
+    /// compressed bytes); otherwise the bytes that come out are counted.
+    counts: bool,
+}
+
 /// Opens an input, decompressing gzip (`1f 8b`) and zstd (`28 b5 2f fd`) by their magic bytes.
-fn open<'a>(input: &Input, read: &'a AtomicU64) -> io::Result<Box<dyn Read + 'a>> {
-    let raw: Box<dyn Read> = match input {
-        Input::Stdin => Box::new(io::stdin()),
-        Input::File(p) => Box::new(File::open(p)?),
+/// A plain input is read through std's own readers only, so that reads go straight into the
+/// frames' buffers, without a copy and without zeroing them first.
+fn open<'a>(input: &Input, read: &'a AtomicU64) -> io::Result<Opened<'a>> {
+    const GZIP: &[u8] = &[0x1f, 0x8b];
+    const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+    let compressed = |raw: Box<dyn Read>, magic: &[u8]| -> io::Result<Opened<'a>> {
+        let raw = BufReader::with_capacity(CHUNK_BYTES, Counting { inner: raw, read });
+        let reader: Box<dyn Read + 'a> = if magic.starts_with(GZIP) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+        } else {
+            Box::new(zstd::Decoder::with_buffer(raw)?)
+        };
+        Ok(Opened {
+            reader,
+            counts: true,
+        })
     };
-    let mut raw = BufReader::with_capacity(CHUNK_BYTES, Counting { inner: raw, read });
-    let magic = io::BufRead::fill_buf(&mut raw)?;
-    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(raw))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::Decoder::with_buffer(raw)?)
-    } else {
-        Box::new(raw)
-    })
+    match input {
+        Input::Stdin => {
+            // A buffer no larger than std's first read, so that it is bypassed.
+            let mut stdin = BufReader::new(io::stdin());
+            let magic = io::BufRead::fill_buf(&mut stdin)?;
+            if magic.starts_with(GZIP) || magic.starts_with(ZSTD) {
+                let magic = magic[..4.min(magic.len())].to_vec();
+                return compressed(Box::new(stdin), &magic);
+            }
+            Ok(Opened {
+                reader: Box::new(stdin),
+                counts: false,
+            })
+        }
+        Input::File(p) => {
+            let mut file = File::open(p)?;
+            let mut magic = Vec::with_capacity(4);
+            (&mut file).take(4).read_to_end(&mut magic)?;
+            file.seek(SeekFrom::Start(0))?;
+            if magic.starts_with(GZIP) || magic.starts_with(ZSTD) {
+                return compressed(Box::new(file), &magic);
+            }
+            Ok(Opened {
+                reader: Box::new(file),
+                counts: false,
+            })
+        }
+    }
 }
 
 /// Counts the (compressed) bytes read, for the progress bar.

@@ -35,6 +35,13 @@ const MARKER_PREFIX: &str = "[REDACTED:";
 /// 0.45 GB/s).
 const KEYWORDS_PER_SEARCHER: usize = 16;
 
+/// The largest lowercase buffer a thread keeps between texts.
+const LOWERCASE_KEPT_BYTES: usize = 4 << 20;
+
+thread_local! {
+    static LOWERCASE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Windows of one rule closer than this are searched with one regex call: a call costs more
 /// than scanning this many bytes, since most rules start with a literal the regex skips to.
 const WINDOW_GAP: usize = 256;
@@ -152,6 +159,7 @@ fn parse_builtin() -> Result<RuleFile, RedactError> {
     toml::from_str(BUILTIN_TOML).map_err(|e| RedactError::BadBuiltin(e.to_string()))
 }
 
+#[derive(Clone)]
 struct Rule {
     name: String,
     regex: Regex,
@@ -160,7 +168,9 @@ struct Rule {
     shape: Shape,
 }
 
-/// The compiled redaction rules. Send + Sync; share it through an `Arc`.
+/// The compiled redaction rules. Send + Sync; share it through an `Arc`. A clone shares the
+/// compiled regexes and searchers.
+#[derive(Clone)]
 pub struct Redactor {
     rules: Vec<Rule>,
     /// Searchers over the lowercase keywords of all rules; the first one only has the lowercase
@@ -172,6 +182,9 @@ pub struct Redactor {
     hit_rules: Vec<Vec<Option<Vec<usize>>>>,
     /// The length of the longest keyword.
     max_keyword_len: usize,
+    /// The length of the shortest keyword: a shorter text holds no match of a rule with
+    /// keywords.
+    min_keyword_len: usize,
     /// Rules without keywords: they run over every text.
     always: Vec<usize>,
     /// Each allow pattern anchored at both ends, matched against the text to be replaced.
@@ -187,12 +200,21 @@ struct Span {
 }
 
 static BUILTIN: LazyLock<Redactor> = LazyLock::new(|| {
-    Redactor::new(&RedactConfig::default())
+    Redactor::build(&RedactConfig::default())
         .expect("built-in redaction rules compile (checked by tests)")
 });
 
 impl Redactor {
     pub fn new(config: &RedactConfig) -> Result<Self, RedactError> {
+        // The built-in rules alone are compiled once per process (validation, the dead letters
+        // and the transform all ask for them): about 40 ms of CPU each time.
+        if config.builtin && config.rules.is_empty() && config.allow.is_empty() {
+            return Ok(BUILTIN.clone());
+        }
+        Self::build(config)
+    }
+
+    fn build(config: &RedactConfig) -> Result<Self, RedactError> {
         let mut rules = Vec::new();
         let mut allow = Vec::new();
         if config.builtin {
@@ -322,6 +344,7 @@ impl Redactor {
             searchers,
             hit_rules,
             max_keyword_len: keywords.iter().map(|k| k.len()).max().unwrap_or(0),
+            min_keyword_len: keywords.iter().map(|k| k.len()).min().unwrap_or(usize::MAX),
             always,
             allow,
         })
@@ -380,21 +403,35 @@ impl Redactor {
 
     /// The spans to replace, sorted and disjoint.
     fn find_spans(&self, text: &str) -> Vec<Span> {
+        if text.len() < self.min_keyword_len && self.always.is_empty() {
+            return Vec::new();
+        }
         // Lowercasing ASCII keeps every byte offset; the searchers are then case-sensitive.
-        let lower = text.to_ascii_lowercase();
-        let bytes = lower.as_bytes();
+        // The lowercase copy goes to a buffer that each thread reuses.
+        LOWERCASE.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            buffer.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            let spans = self.find_spans_in(text, &buffer);
+            if buffer.capacity() > LOWERCASE_KEPT_BYTES {
+                *buffer = Vec::new();
+            }
+            spans
+        })
+    }
+
+    /// [`Redactor::find_spans`], given the text in lowercase.
+    fn find_spans_in(&self, text: &str, bytes: &[u8]) -> Vec<Span> {
         // For each rule, the windows to search, kept sorted and merged as they come; allocated
         // at the first keyword hit.
         let mut windows: Vec<Vec<(usize, usize)>> = Vec::new();
         let mut markers: Vec<(usize, usize)> = Vec::new();
         // The line of the last hit, found once for all hits on it.
         let mut line = (0, 0);
-        for (searcher, targets) in self.searchers.iter().zip(&self.hit_rules) {
+        // The marker's searcher (the first) runs only when there is something to redact.
+        for (searcher, targets) in self.searchers.iter().zip(&self.hit_rules).skip(1) {
             searcher.for_each_hit(bytes, |hit| {
                 let Some(rules) = &targets[hit.pattern().as_usize()] else {
-                    if let Some(end) = marker_end(text, hit.start()) {
-                        markers.push((hit.start(), end));
-                    }
                     return;
                 };
                 if windows.is_empty() {
@@ -448,7 +485,27 @@ impl Redactor {
             }
         }
 
+        // A span that several rules found is checked against the allow list once.
+        if self.allow.is_some() && !spans.is_empty() {
+            sort_spans(&mut spans);
+            let mut last: Option<(usize, usize, bool)> = None;
+            spans.retain(|s| {
+                let allowed = match last {
+                    Some((start, end, allowed)) if (start, end) == (s.start, s.end) => allowed,
+                    _ => self.allowed(&text[s.start..s.end]),
+                };
+                last = Some((s.start, s.end, allowed));
+                !allowed
+            });
+        }
         // Text that is already a marker is never redacted again (idempotence).
+        if !spans.is_empty() {
+            self.searchers[0].for_each_hit(bytes, |hit| {
+                if let Some(end) = marker_end(text, hit.start()) {
+                    markers.push((hit.start(), end));
+                }
+            });
+        }
         if !markers.is_empty() {
             markers.sort_unstable();
             spans.retain(|s| {
@@ -459,7 +516,8 @@ impl Redactor {
         merge_spans(spans)
     }
 
-    /// Runs one rule over a window of `text` and pushes the secrets it finds. Matches start in
+    /// Runs one rule over a window of `text` and pushes the candidates it finds (the allow list
+    /// is checked afterwards, once for each distinct span). Matches start in
     /// the window; the regex sees the text before it, and one character after it, as context
     /// for `\b`, `^` and `$`.
     fn search(
@@ -479,9 +537,15 @@ impl Redactor {
         let haystack = &text[..ceil_boundary(text, end + 1)];
         let mut at = start;
         while at <= end {
-            // With a secret group, the regex finds the match first and then runs its capture
-            // engine on the match only.
-            let Some(m) = rule.regex.captures_read_at(locations, haystack, at) else {
+            // Without a secret group the match is the secret and no capture engine runs; with
+            // one, the regex finds the match first and then runs its capture engine on the
+            // match only.
+            let m = if rule.secret_group == 0 {
+                rule.regex.find_at(haystack, at)
+            } else {
+                rule.regex.captures_read_at(locations, haystack, at)
+            };
+            let Some(m) = m else {
                 break;
             };
             at = if m.end() > m.start() {
@@ -489,10 +553,15 @@ impl Redactor {
             } else {
                 ceil_boundary(text, m.end() + 1)
             };
-            let Some((s, e)) = locations.get(rule.secret_group) else {
-                continue;
+            let (s, e) = if rule.secret_group == 0 {
+                (m.start(), m.end())
+            } else {
+                match locations.get(rule.secret_group) {
+                    Some(span) => span,
+                    None => continue,
+                }
             };
-            if s == e || self.allowed(&text[s..e]) {
+            if s == e {
                 continue;
             }
             out.push(Span {
@@ -510,9 +579,8 @@ impl Redactor {
     }
 }
 
-/// Sorts spans and merges overlapping ones; a merged span keeps the rule of its earliest-starting,
-/// longest part.
-fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
+/// Sorts spans by start, longest first.
+fn sort_spans(spans: &mut [Span]) {
     spans.sort_unstable_by(|a, b| {
         (a.start, std::cmp::Reverse(a.end), a.rule).cmp(&(
             b.start,
@@ -520,6 +588,12 @@ fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
             b.rule,
         ))
     });
+}
+
+/// Sorts spans and merges overlapping ones; a merged span keeps the rule of its earliest-starting,
+/// longest part.
+fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
+    sort_spans(&mut spans);
     let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
     for span in spans {
         match merged.last_mut() {
@@ -531,6 +605,7 @@ fn merge_spans(mut spans: Vec<Span>) -> Vec<Span> {
 }
 
 /// Finds lowercase keywords in lowercased text: Teddy where the CPU has it, else an automaton.
+#[derive(Clone)]
 enum KeywordSearcher {
     Teddy(packed::Searcher),
     Automaton(AhoCorasick),
