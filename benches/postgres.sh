@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the postgres sink against `psql \copy`, in one run on the same rows.
 #
-#   (a) psql \copy of the equivalent rows (exported from a load of the same events) into an
-#       `events` table of the same definition (CREATE TABLE ... (LIKE events INCLUDING ALL));
+#   (a) psql \copy of the equivalent rows (exported from a load of the same events) into the
+#       `events` table of evalsink's migrations (the same definition: lz4 payload);
+#   (a') the same \copy into that table with the default TOAST compression (pglz), for context;
 #   (b) evalsink replay → classify → postgres, `events` table only;
 #   (c) evalsink replay → classify → postgres, every table (events, evaluations, security).
 #
@@ -99,23 +100,30 @@ printf 'input: %d events, %.1f MB of NDJSON; %d rows, %.1f MB for \\copy; %s; lo
 copy_ref() {
   psql_db -c "\\copy events (event_id, type, ts, eval_id, tenant_id, payload) FROM '$ROWS'"
 }
-A=() B=() C=()
+A=() P=() B=() C=()
 for round in $(seq 1 "$ROUNDS"); do
   fresh_db
   A+=("$(seconds copy_ref)")
   fresh_db
+  psql_db -c "ALTER TABLE events ALTER COLUMN payload SET COMPRESSION pglz"
+  P+=("$(seconds copy_ref)")
+  fresh_db
   B+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$EVENTS_CFG" "$INPUT")")
   fresh_db
   C+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$ALL_CFG" "$INPUT")")
-  printf 'round %d: \\copy %ss, events only %ss, all tables %ss\n' "$round" "${A[-1]}" "${B[-1]}" "${C[-1]}"
+  printf 'round %d: \\copy %ss (pglz %ss), events only %ss, all tables %ss\n' "$round" "${A[-1]}" "${P[-1]}" "${B[-1]}" "${C[-1]}"
 done
 MA=$(echo "${A[*]}" | median)
+MP=$(echo "${P[*]}" | median)
 MB=$(echo "${B[*]}" | median)
 MC=$(echo "${C[*]}" | median)
 rate() { awk -v n="$N" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
 printf '(a) psql \\copy into events:            %8s rows/s (median %ss)\n' "$(rate "$MA")" "$MA"
+printf "(a') psql \\copy, payload with pglz:     %8s rows/s (median %ss)\n" "$(rate "$MP")" "$MP"
 printf '(b) evalsink postgres, events only:    %8s rows/s (median %ss), %.2fx \\copy\n' \
   "$(rate "$MB")" "$MB" "$(awk -v a="$MA" -v b="$MB" 'BEGIN { print a / b }')"
 printf '(c) evalsink postgres, every table:    %8s events/s (median %ss), %.2fx \\copy\n' \
   "$(rate "$MC")" "$MC" "$(awk -v a="$MA" -v b="$MC" 'BEGIN { print a / b }')"
+printf '    against (a'"'"'): events only %.2fx, every table %.2fx\n' \
+  "$(awk -v a="$MP" -v b="$MB" 'BEGIN { print a / b }')" "$(awk -v a="$MP" -v b="$MC" 'BEGIN { print a / b }')"
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

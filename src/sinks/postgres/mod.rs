@@ -54,11 +54,11 @@ pub struct PostgresConfig {
     /// off).
     #[serde(default = "default_true")]
     pub migrate: bool,
-    /// Writes in flight at once, each in transactions of its own (default 3); the pool has one
-    /// connection more.
+    /// Writes in flight at once, each in transactions of its own (default 4); the pool has a
+    /// connection more for each lane of `evaluations`.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Events in one write and the longest wait to fill it (default 4000 events, 1 s).
+    /// Events in one write and the longest wait to fill it (default 2000 events, 1 s).
     #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
 }
@@ -72,12 +72,12 @@ fn default_true() -> bool {
 }
 
 fn default_pool_size() -> u32 {
-    3
+    4
 }
 
 fn default_batch() -> BatchConfig {
     BatchConfig {
-        max_events: 4000,
+        max_events: 2000,
         timeout_secs: 1.0,
     }
 }
