@@ -1,0 +1,428 @@
+//! The statements of a write, one table at a time, and what their errors mean: `events` by
+//! binary `COPY`, the other tables by one statement over column arrays; rows the server refuses
+//! for their data are found by bisection.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::ops::Range;
+
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgRow};
+
+use super::Flat;
+use super::merge::{self, EvalColumns, UPSERT};
+use super::rows::{CopyRows, EVENTS_COPY, json_text, pg_text};
+use crate::event::{Body, Event};
+use crate::sinks::SinkError;
+use crate::sinks::evaluation::EvalRow;
+
+/// Whether `e` is the server's error with SQLSTATE `code`.
+pub(super) fn has_code(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(code))
+}
+
+/// How one statement or transaction failed.
+pub(super) enum Failure {
+    /// The server refused the data of the rows (a data exception, a constraint, a limit): the
+    /// rows are isolated by bisection and the refused ones go to the dead letters.
+    Data(String),
+    /// The server is unreachable or the write failed otherwise: the write is tried again.
+    Sink(SinkError),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        match &e {
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                let message = match (d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+                    .and_then(|p| p.detail())
+                {
+                    Some(detail) => format!("{} ({detail}; SQLSTATE {code})", d.message()),
+                    None => format!("{} (SQLSTATE {code})", d.message()),
+                };
+                match &code[..code.len().min(2)] {
+                    // data exception, integrity constraint, program limit (e.g. an index row
+                    // too large)
+                    "22" | "23" | "54" => Failure::Data(message),
+                    // connection, resources, admin shutdown / cannot connect now, serialization
+                    // and deadlock, lock not available
+                    "08" | "53" | "57" | "40" | "55" => {
+                        Failure::Sink(SinkError::Unavailable(message))
+                    }
+                    _ => Failure::Sink(SinkError::Failed(message)),
+                }
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => Failure::Sink(SinkError::Unavailable(e.to_string())),
+            _ => Failure::Sink(SinkError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// Runs `op` on `0..len`; when the server refuses the data, splits the range in halves and
+/// tries again, down to single rows. Returns the refused rows with the server's error.
+async fn bisect<F, Fut>(len: usize, mut op: F) -> Result<Vec<(usize, String)>, SinkError>
+where
+    F: FnMut(Range<usize>) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let mut refused = Vec::new();
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    ranges.push(0..len);
+    while let Some(range) = ranges.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        match op(range.clone()).await {
+            Ok(()) => {}
+            Err(Failure::Sink(e)) => return Err(e),
+            Err(Failure::Data(message)) if range.len() == 1 => refused.push((range.start, message)),
+            Err(Failure::Data(_)) => {
+                let mid = range.start + range.len() / 2;
+                ranges.push(mid..range.end);
+                ranges.push(range.start..mid);
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// Stores the events at `positions` in `events`; returns the refused ones (positions in the
+/// write) with the server's error.
+pub(super) async fn write_events(
+    pool: &PgPool,
+    flat: &Flat<'_>,
+    positions: &[usize],
+    rows: &CopyRows,
+) -> Result<Vec<(usize, String)>, SinkError> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Cow<str>> = positions
+        .iter()
+        .map(|&i| pg_text(&flat.events[i].id))
+        .collect();
+    let ids = &ids;
+    let refused = bisect(positions.len(), |range| {
+        copy_events(pool, rows, ids, range, flat, positions)
+    })
+    .await?;
+    Ok(refused
+        .into_iter()
+        .map(|(r, m)| (positions[r], m))
+        .collect())
+}
+
+/// One transaction: the rows of `range` that are not stored yet, by `COPY`. When another
+/// writer stores one of them meanwhile, falls back to `INSERT ... ON CONFLICT DO NOTHING`.
+async fn copy_events(
+    pool: &PgPool,
+    rows: &CopyRows,
+    ids: &[Cow<'_, str>],
+    range: Range<usize>,
+    flat: &Flat<'_>,
+    positions: &[usize],
+) -> Result<(), Failure> {
+    let mut tx = pool.begin().await?;
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
+            .bind(&ids[range.clone()])
+            .fetch_all(&mut *tx)
+            .await?;
+    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let new: Vec<usize> = range
+        .clone()
+        .filter(|&r| !stored.contains(ids[r].as_ref()))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let copied = async {
+        let mut copy = tx.copy_in_raw(EVENTS_COPY).await?;
+        rows.send(&mut copy, &new).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {}
+        Err(e) if has_code(&e, "23505") => {
+            tx.rollback().await?;
+            let mut tx = pool.begin().await?;
+            insert_events(&mut tx, &new, flat, positions).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The slow path of [`copy_events`]: one statement that skips what is stored.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    rows: &[usize],
+    flat: &Flat<'_>,
+    positions: &[usize],
+) -> Result<(), Failure> {
+    let events: Vec<&Event> = rows.iter().map(|&r| flat.events[positions[r]]).collect();
+    sqlx::query(
+        "INSERT INTO events (event_id, type, ts, eval_id, tenant_id, payload) \
+         SELECT id, type, ts, eval_id, tenant_id, payload::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[]) \
+             AS t(id, type, ts, eval_id, tenant_id, payload) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(events.iter().map(|e| pg_text(&e.id)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type().as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.ts).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.eval_id().map(pg_text))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.tenant_id.as_deref().map(pg_text))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| {
+                let mut text = Vec::new();
+                crate::json::write_event(&mut text, e, crate::json::Nul::AsText);
+                String::from_utf8(text).expect("JSON is UTF-8")
+            })
+            .collect::<Vec<_>>(),
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Merges `records` into `evaluations`; returns the events of the refused records (positions
+/// in the write) with the server's error.
+pub(super) async fn write_evaluations(
+    pool: &PgPool,
+    records: &[merge::EvalRecord<'_>],
+) -> Result<Vec<(usize, String)>, SinkError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = &EvalColumns::new(records);
+    let refused = bisect(records.len(), |r: Range<usize>| async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query(UPSERT.as_str())
+            .bind(&c.eval_id[r.clone()])
+            .bind(&c.tenant_id[r.clone()])
+            .bind(&c.status[r.clone()])
+            .bind(&c.code[r.clone()])
+            .bind(&c.language[r.clone()])
+            .bind(&c.engine[r.clone()])
+            .bind(&c.timeout[r.clone()])
+            .bind(&c.metadata[r.clone()])
+            .bind(&c.executor_id[r.clone()])
+            .bind(&c.queued_at[r.clone()])
+            .bind(&c.started_at[r.clone()])
+            .bind(&c.ended_at[r.clone()])
+            .bind(&c.success[r.clone()])
+            .bind(&c.output[r.clone()])
+            .bind(&c.output_preview[r.clone()])
+            .bind(&c.output_size[r.clone()])
+            .bind(&c.output_sha256[r.clone()])
+            .bind(&c.output_ref[r.clone()])
+            .bind(&c.error[r.clone()])
+            .bind(&c.traceback[r.clone()])
+            .bind(&c.queued_event[r.clone()])
+            .bind(&c.started_event[r.clone()])
+            .bind(&c.completed_event[r.clone()])
+            .bind(&c.failed_event[r.clone()])
+            .bind(&c.ended_event[r.clone()])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    Ok(refused
+        .into_iter()
+        .flat_map(|(r, m)| records[r].events.iter().map(move |&i| (i, m.clone())))
+        .collect())
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum SecurityTable {
+    /// `security_audit`, from CONTAINER_CREATED.
+    Audit,
+    /// `security_events`, from RESOURCE_VIOLATION.
+    Events,
+}
+
+/// Inserts the events at `positions` into a security table, skipping stored ones.
+pub(super) async fn write_security(
+    pool: &PgPool,
+    flat: &Flat<'_>,
+    positions: &[usize],
+    table: SecurityTable,
+) -> Result<Vec<(usize, String)>, SinkError> {
+    let events: Vec<&Event> = positions
+        .iter()
+        .map(|&i| flat.events[i])
+        .filter(|e| match table {
+            SecurityTable::Audit => matches!(e.body, Body::ContainerCreated { .. }),
+            SecurityTable::Events => matches!(e.body, Body::ResourceViolation { .. }),
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // event_id, container_id, eval_id or violation_type, image, limits or details, ts, tenant_id
+    let mut cols: [Vec<Option<Cow<str>>>; 5] = Default::default();
+    let mut objects = Vec::new();
+    for e in &events {
+        let (container, second, third, object) = match &e.body {
+            Body::ContainerCreated {
+                container_id,
+                eval_id,
+                image,
+                limits,
+            } => (container_id, eval_id, Some(image), limits),
+            Body::ResourceViolation {
+                container_id,
+                violation_type,
+                details,
+            } => (container_id, violation_type, None, details),
+            _ => unreachable!("filtered above"),
+        };
+        cols[0].push(Some(pg_text(&e.id)));
+        cols[1].push(Some(pg_text(container)));
+        cols[2].push(Some(pg_text(second)));
+        cols[3].push(third.map(|s| pg_text(s)));
+        cols[4].push(e.tenant_id.as_deref().map(pg_text));
+        objects.push(json_text(object));
+    }
+    let ts: Vec<_> = events.iter().map(|e| e.ts).collect();
+    let sql = match table {
+        SecurityTable::Audit => {
+            "INSERT INTO security_audit (event_id, container_id, eval_id, image, limits, ts, tenant_id) \
+             SELECT id, c, s, i, o::jsonb, ts, t \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+                 AS x(id, c, s, i, o, ts, t) \
+             ON CONFLICT (event_id) DO NOTHING"
+        }
+        SecurityTable::Events => {
+            "INSERT INTO security_events (event_id, container_id, violation_type, details, ts, tenant_id) \
+             SELECT id, c, s, o::jsonb, ts, t \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+                 AS x(id, c, s, i, o, ts, t) \
+             ON CONFLICT (event_id) DO NOTHING"
+        }
+    };
+    let (cols, objects, ts) = (&cols, &objects, &ts);
+    let refused = bisect(events.len(), |r: Range<usize>| async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query(sql)
+            .bind(&cols[0][r.clone()])
+            .bind(&cols[1][r.clone()])
+            .bind(&cols[2][r.clone()])
+            .bind(&cols[3][r.clone()])
+            .bind(&objects[r.clone()])
+            .bind(&ts[r.clone()])
+            .bind(&cols[4][r.clone()])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    // Back from positions among `events` to positions in the write.
+    let in_write: Vec<usize> = positions
+        .iter()
+        .copied()
+        .filter(|&i| {
+            matches!(
+                (&flat.events[i].body, table),
+                (Body::ContainerCreated { .. }, SecurityTable::Audit)
+                    | (Body::ResourceViolation { .. }, SecurityTable::Events)
+            )
+        })
+        .collect();
+    Ok(refused.into_iter().map(|(r, m)| (in_write[r], m)).collect())
+}
+
+/// The committed `evaluations` rows of `eval_ids`, as the cache holds them.
+pub(super) async fn read_cache_rows(
+    pool: &PgPool,
+    eval_ids: &[&str],
+) -> Result<Vec<EvalRow>, sqlx::Error> {
+    let ids: Vec<Cow<str>> = eval_ids.iter().map(|id| pg_text(id)).collect();
+    let rows: Vec<PgRow> = sqlx::query(
+        "SELECT eval_id, tenant_id, status, language, engine, timeout, executor_id, queued_at, \
+         started_at, ended_at, success, output_size, output_sha256, output_ref, output_preview, \
+         updated_at FROM evaluations WHERE eval_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(eval_row).collect()
+}
+
+fn eval_row(r: &PgRow) -> Result<EvalRow, sqlx::Error> {
+    Ok(EvalRow {
+        eval_id: r.try_get("eval_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        status: r.try_get("status")?,
+        language: r.try_get("language")?,
+        engine: r.try_get("engine")?,
+        timeout: r.try_get("timeout")?,
+        executor_id: r.try_get("executor_id")?,
+        queued_at: r.try_get("queued_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        success: r.try_get("success")?,
+        output_size: r.try_get("output_size")?,
+        output_sha256: r.try_get("output_sha256")?,
+        output_ref: r.try_get("output_ref")?,
+        output_preview: r.try_get("output_preview")?,
+        updated_at: r.try_get("updated_at")?,
+        ..EvalRow::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bisection_finds_the_refused_rows() {
+        let bad = [3usize, 4, 9];
+        let mut calls = 0;
+        let refused = bisect(10, |r: Range<usize>| {
+            calls += 1;
+            let outcome = if bad.iter().any(|b| r.contains(b)) {
+                Err(Failure::Data(format!("bad in {r:?}")))
+            } else {
+                Ok(())
+            };
+            async move { outcome }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no sink error"));
+        let positions: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(positions, bad);
+        assert!(calls < 20, "{calls} calls");
+    }
+}
