@@ -194,7 +194,16 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
 fn slow_parse(line: &[u8]) -> Result<RawEvent, Refusal> {
     // serde_json accepts only valid UTF-8, so the (slower) UTF-8 check runs only to explain
     // a line it refused.
-    match serde_json::from_slice::<Line>(line) {
+    let parsed = match serde_json::from_slice::<Line>(line) {
+        // Valid JSON that holds no Unicode text (Python's json.dumps writes undecodable bytes
+        // this way): each lone surrogate becomes U+FFFD, as Go's and JavaScript's decoders do.
+        Err(e) if e.to_string().contains("surrogate") => match replace_lone_surrogates(line) {
+            Some(fixed) => serde_json::from_slice::<Line>(&fixed).map_err(|_| e),
+            None => Err(e),
+        },
+        other => other,
+    };
+    match parsed {
         Ok(Line::Object(raw)) => Ok(*raw),
         Ok(Line::Other(kind)) => Err(Refusal::new(
             Reason::NotAnObject,
@@ -205,6 +214,47 @@ fn slow_parse(line: &[u8]) -> Result<RawEvent, Refusal> {
             Ok(_) => Refusal::new(Reason::InvalidJson, e.to_string()),
         }),
     }
+}
+
+/// `line` with every `\uD800`–`\uDFFF` escape that is not half of a pair written as
+/// `\uFFFD`; `None` when there is none.
+fn replace_lone_surrogates(line: &[u8]) -> Option<Vec<u8>> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = line.get(at + 2..at + 6)?;
+        if line.get(at + 1) != Some(&b'u') {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut out = Vec::with_capacity(line.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != b'\\' {
+            out.push(line[i]);
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => {
+                out.extend_from_slice(&line[i..i + 12]);
+                i += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out.extend_from_slice(b"\\ufffd");
+                changed = true;
+                i += 6;
+            }
+            // Any other escape: copy it whole, so that an escaped backslash is not read as the
+            // start of another escape.
+            _ => {
+                let end = (i + 2).min(line.len());
+                out.extend_from_slice(&line[i..end]);
+                i = end;
+            }
+        }
+    }
+    changed.then_some(out)
 }
 
 /// `event_id` for a line that has none: the first 128 bits of the sha256 of its bytes, so that
@@ -661,6 +711,21 @@ fn json_kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let line = br#"{"type":"EVALUATION_COMPLETED","eval_id":"e","output":"a\udc80b \ud83d\ude00 \\ud800 \ud800","success":true,"end_time":"2026-01-01T00:00:00Z"}"#;
+        let event = decode_line(line, Utc::now()).unwrap();
+        let Body::EvaluationCompleted { output, .. } = &event.body else {
+            panic!("{event:?}");
+        };
+        assert_eq!(output, "a\u{fffd}b \u{1f600} \\ud800 \u{fffd}");
+        assert_eq!(
+            event.id,
+            derive_event_id(line),
+            "the id is the line's as read"
+        );
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
