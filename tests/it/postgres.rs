@@ -77,6 +77,12 @@ endpoint = "{url}"
 }
 
 fn replay(config: &str, input: &[u8], dir: &Path) -> Output {
+    replay_with_env(config, input, dir, &[])
+}
+
+/// `evalsink replay` of `input` (written to a file in `dir`) with extra environment variables;
+/// asserts it succeeded.
+fn replay_with_env(config: &str, input: &[u8], dir: &Path, env: &[(&str, &str)]) -> Output {
     let file = dir.join("input.ndjson");
     std::fs::write(&file, input).unwrap();
     let out = evalsink()
@@ -87,6 +93,7 @@ fn replay(config: &str, input: &[u8], dir: &Path) -> Output {
             config,
             file.to_str().unwrap(),
         ])
+        .envs(env.iter().copied())
         .current_dir(dir)
         .output()
         .unwrap();
@@ -855,30 +862,14 @@ fn the_default_config_stores_rows_references_and_objects_and_replays_change_noth
         "--large-outputs",
         "0.05",
     ]);
-    let file = dir.path().join("input.ndjson");
-    std::fs::write(&file, &input).unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/evalsink.toml");
-    let replay = || {
-        let out = evalsink()
-            .args([
-                "replay",
-                "--no-progress",
-                "-c",
-                config,
-                file.to_str().unwrap(),
-            ])
-            .env("DATABASE_URL", &url)
-            .env("REDIS_URL", redis_url())
-            .env("EVALSINK_DATA_DIR", &data)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let (redis, data_dir) = (redis_url(), data.display().to_string());
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("EVALSINK_DATA_DIR", data_dir.as_str()),
+    ];
+    let replay = || replay_with_env(config, &input, dir.path(), &env);
     replay();
 
     let lines: Vec<&[u8]> = input
