@@ -13,12 +13,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use evalsink::event::{Ack, AckStatus};
 use evalsink::sinks::evaluation::{CacheUpdate, EvalRow};
 use evalsink::sinks::redis::{RedisConfig, RedisSink, cache_channel};
-use evalsink::sinks::{BatchConfig, SinkContext};
-use evalsink::stats::Stats;
-use evalsink::transforms::redact::Redactor;
 use serde_json::json;
 
-use crate::common::{evalsink, redis_url, run_with_stdin, write_config};
+use crate::common::{evalsink, redis_url, run_with_stdin, sink_context, write_config};
 
 /// A key prefix of its own for each test, emptied before and after.
 struct Prefix {
@@ -328,25 +325,6 @@ fn row(eval_id: &str, stage: u8) -> EvalRow {
         row.output_sha256 = Some("ab".repeat(32));
     }
     row
-}
-
-fn sink_context(name: &str, dir: &Path) -> (SinkContext, std::thread::JoinHandle<()>) {
-    let stats = Arc::new(Stats::default());
-    let (dead_letters, thread) = evalsink::sinks::dead_letter::spawn(
-        dir.join("dead-letter"),
-        Arc::new(Redactor::new(&Default::default()).unwrap()),
-        stats.clone(),
-    );
-    let ctx = SinkContext {
-        name: name.into(),
-        batch: BatchConfig {
-            max_events: 50,
-            timeout_secs: 0.0,
-        },
-        dead_letters,
-        stats,
-    };
-    (ctx, thread)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
