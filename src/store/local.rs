@@ -65,7 +65,12 @@ impl LocalStore {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let mut stack = vec![root.clone()];
+            // Only the folder the prefix names is walked, not the whole store.
+            let folder = prefix.rfind('/').map_or("", |end| &prefix[..end]);
+            if folder.split('/').any(|part| part == "..") {
+                return out;
+            }
+            let mut stack = vec![root.join(folder)];
             while let Some(dir) = stack.pop() {
                 let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;

@@ -920,6 +920,16 @@ fn the_default_config_stores_rows_references_and_objects_and_replays_change_noth
         out
     };
     let stored_objects = objects(&data);
+    let parquet_ids = parquet_event_ids(&data);
+    assert_eq!(
+        parquet_ids.len(),
+        good.len(),
+        "every event is in the Parquet files"
+    );
+    assert!(
+        parquet_ids.values().all(|&n| n == 1),
+        "no event is in the Parquet files twice"
+    );
 
     block_on(async {
         let pool = pool(&url).await;
@@ -1000,6 +1010,33 @@ fn the_default_config_stores_rows_references_and_objects_and_replays_change_noth
     );
     let parquet = std::fs::read_dir(data.join("events")).unwrap().count();
     assert_eq!(parquet, 8, "a Parquet dataset per event type");
+    assert!(
+        parquet_event_ids(&data) == parquet_ids,
+        "the second replay added rows to the Parquet files"
+    );
+}
+
+/// How many times each event id is in the Parquet files under `data/events`.
+fn parquet_event_ids(data: &Path) -> BTreeMap<String, usize> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    let mut ids = BTreeMap::new();
+    let pattern = format!("{}/events/type=*/date=*/*.parquet", data.display());
+    for path in glob::glob(&pattern).unwrap().flatten() {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+            for i in 0..column.len() {
+                *ids.entry(column.value(i).to_string()).or_default() += 1;
+            }
+        }
+    }
+    ids
 }
 
 /// A PostgreSQL server of the test's own (initdb in a temporary folder, run as the postgres

@@ -11,6 +11,7 @@
 //! reads them again after a restart, and the error is logged.
 
 mod schema;
+mod seen;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use super::{BatchConfig, Sink, SinkError, Written};
 use crate::event::{Ack, Batch, Event, EventType, Route};
 use crate::store::{Store, StoreConfig, StoreError, Upload};
+use seen::{Seen, id_hash};
 pub use writer::{FileWriter, ZSTD_LEVEL, encode_in_memory, properties};
 
 /// Config of the `parquet` sink.
@@ -126,6 +128,7 @@ const ROW_GROUP_MEMORY: usize = 96 * 1024 * 1024;
 type Partition = (EventType, NaiveDate);
 
 struct OpenFile {
+    partition: Partition,
     key: String,
     /// `None` only while the blocking pool encodes into it.
     writer: Option<FileWriter>,
@@ -136,6 +139,8 @@ struct OpenFile {
     last_write: Instant,
     /// Bytes sent to the upload.
     sent: usize,
+    /// The id hashes of its rows, taken back from [`Seen`] when the file cannot be stored.
+    ids: Vec<u64>,
 }
 
 impl OpenFile {
@@ -156,6 +161,8 @@ struct Group {
     bytes: usize,
     /// Indexes of the batches with rows here.
     batches: Vec<usize>,
+    /// The id hashes of the rows.
+    ids: Vec<u64>,
 }
 
 pub struct ParquetSink {
@@ -163,6 +170,8 @@ pub struct ParquetSink {
     store: Store,
     config: ParquetConfig,
     files: BTreeMap<Partition, OpenFile>,
+    /// Event ids already stored: replays and redeliveries add no row twice.
+    seen: Seen,
     /// An upload failed because the store is unreachable: check it before taking more events,
     /// so that the pipeline waits instead of losing file after file.
     unavailable: bool,
@@ -178,6 +187,7 @@ impl ParquetSink {
             store,
             config,
             files: BTreeMap::new(),
+            seen: Seen::default(),
             unavailable: false,
             unique: format!("{:x}{:08x}", std::process::id(), fastrand::u32(..)),
             counter: 0,
@@ -190,12 +200,11 @@ impl ParquetSink {
 
     /// `events/type={TYPE}/date={YYYY-MM-DD}/part-{UTC time}-{process}-{counter}.parquet`:
     /// unique across processes and restarts, and sorted by creation time.
-    fn next_key(&mut self, (event_type, date): Partition) -> String {
+    fn next_key(&mut self, partition: Partition) -> String {
         self.counter += 1;
         format!(
-            "events/type={}/date={}/part-{}-{}-{:06}.parquet",
-            event_type.as_str(),
-            date.format("%Y-%m-%d"),
+            "{}part-{}-{}-{:06}.parquet",
+            partition_prefix(partition),
             Utc::now().format("%Y%m%dT%H%M%S%6fZ"),
             self.unique,
             self.counter
@@ -224,6 +233,7 @@ impl ParquetSink {
         self.files.insert(
             partition,
             OpenFile {
+                partition,
                 key,
                 writer: Some(writer),
                 upload,
@@ -231,6 +241,7 @@ impl ParquetSink {
                 opened: now,
                 last_write: now,
                 sent: 0,
+                ids: Vec::new(),
             },
         );
         Ok(())
@@ -277,7 +288,11 @@ impl ParquetSink {
             return self.give_up(file, rows, e.to_string(), unavailable).await;
         }
         let OpenFile {
-            key, upload, acks, ..
+            key,
+            upload,
+            acks,
+            ids,
+            ..
         } = file;
         match upload.complete().await {
             Ok(()) => {
@@ -290,6 +305,7 @@ impl ParquetSink {
                 for ack in &acks {
                     ack.fail();
                 }
+                self.seen.remove(partition, &ids);
                 self.unavailable |= unavailable;
                 tracing::error!(sink = %self.name, "Could not store {key} ({rows} events): {e}. Their batches are marked as not stored: a file source does not checkpoint past them and reads them again after a restart.");
             }
@@ -311,6 +327,7 @@ impl ParquetSink {
         for ack in &file.acks {
             ack.fail();
         }
+        self.seen.remove(file.partition, &file.ids);
         self.unavailable |= unavailable;
         let key = file.key.clone();
         let _ = file.upload.abort().await;
@@ -371,6 +388,19 @@ impl ParquetSink {
     }
 }
 
+fn partition_of(event: &Event) -> Partition {
+    (event.event_type(), event.ts.date_naive())
+}
+
+/// `events/type={TYPE}/date={YYYY-MM-DD}/`: where the files of `partition` are.
+fn partition_prefix((event_type, date): Partition) -> String {
+    format!(
+        "events/type={}/date={}/",
+        event_type.as_str(),
+        date.format("%Y-%m-%d")
+    )
+}
+
 fn store_error(key: &str, e: StoreError) -> SinkError {
     match e {
         StoreError::Unavailable(m) => SinkError::Unavailable(format!("cannot upload {key}: {m}")),
@@ -403,29 +433,58 @@ impl Sink for ParquetSink {
         if self.unavailable {
             self.check_store().await?;
         }
+        // The ids stored in each partition are known before any is written (when the store
+        // cannot be reached, the write fails whole and the driver tries it again).
+        let mut partitions = std::collections::BTreeSet::new();
+        for event in batches.iter().flat_map(|b| &b.events) {
+            if self.accepts(event) {
+                partitions.insert(partition_of(event));
+            }
+        }
+        for &partition in &partitions {
+            self.seen
+                .load(&self.store, partition)
+                .await
+                .map_err(|e| store_error(&partition_prefix(partition), e))?;
+        }
         let mut groups: BTreeMap<Partition, Group> = BTreeMap::new();
         let mut events = 0;
+        let mut stored_before = 0;
         for (b, batch) in batches.iter().enumerate() {
             for (i, event) in batch.events.iter().enumerate() {
                 if !self.accepts(event) {
                     continue;
                 }
-                let group = groups
-                    .entry((event.event_type(), event.ts.date_naive()))
-                    .or_default();
+                events += 1;
+                let partition = partition_of(event);
+                let hash = id_hash(&event.id);
+                if !self.seen.insert(partition, hash) {
+                    stored_before += 1;
+                    continue;
+                }
+                let group = groups.entry(partition).or_default();
+                group.ids.push(hash);
                 group.rows.push((b, i));
                 group.bytes += event.size;
                 if group.batches.last() != Some(&b) {
                     group.batches.push(b);
                 }
-                events += 1;
             }
+        }
+        if stored_before > 0 {
+            tracing::debug!(sink = %self.name, "{stored_before} events are in the Parquet files already.");
         }
         // Files are opened before anything is encoded: when the store cannot be reached, the
         // write fails whole and the driver tries it again.
-        for partition in groups.keys() {
-            if !self.files.contains_key(partition) {
-                self.open(*partition).await?;
+        let wanted: Vec<Partition> = groups.keys().copied().collect();
+        for partition in wanted {
+            if !self.files.contains_key(&partition)
+                && let Err(e) = self.open(partition).await
+            {
+                for (&p, g) in &groups {
+                    self.seen.remove(p, &g.ids);
+                }
+                return Err(e);
             }
         }
         let jobs: Vec<(Partition, FileWriter, Group)> = groups
@@ -435,13 +494,15 @@ impl Sink for ParquetSink {
                 (p, file.writer.take().expect("not encoding"), group)
             })
             .collect();
-        let partitions: Vec<Partition> = jobs.iter().map(|(p, _, _)| *p).collect();
+        let pending: Vec<(Partition, Vec<u64>)> =
+            jobs.iter().map(|(p, _, g)| (*p, g.ids.clone())).collect();
         let shared = batches.to_vec();
         let encoded = match tokio::task::spawn_blocking(move || encode(jobs, &shared)).await {
             Ok(encoded) => encoded,
             Err(e) => {
                 // The writers are gone with the task: so are these files.
-                for p in partitions {
+                for (p, ids) in pending {
+                    self.seen.remove(p, &ids);
                     if let Some(file) = self.files.remove(&p) {
                         self.give_up(file, 0, format!("encoding failed: {e}"), false)
                             .await;
@@ -459,6 +520,7 @@ impl Sink for ParquetSink {
                 Ok(()) => {
                     file.acks
                         .extend(group.batches.iter().map(|&b| batches[b].ack.clone()));
+                    file.ids.extend_from_slice(&group.ids);
                     file.last_write = now;
                     self.send(partition, UPLOAD_CHUNK).await;
                 }
@@ -467,6 +529,7 @@ impl Sink for ParquetSink {
                     // tried again by the driver (and dead-lettered if it keeps failing).
                     let file = self.files.remove(&partition).expect("open");
                     let rows = file.writer().rows();
+                    self.seen.remove(partition, &group.ids);
                     self.give_up(file, rows, format!("cannot encode rows: {e}"), false)
                         .await;
                     failure = Some(e);
@@ -657,6 +720,41 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("events")).unwrap();
         sink.flush(true).await.unwrap();
         assert_eq!(rx.try_recv().unwrap(), AckStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn replays_and_redeliveries_store_no_event_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let once = |list: Vec<Event>| [Arc::new(Batch::new(list, Ack::none()))];
+        let mut first = sink(dir.path(), ParquetConfig::default()).await;
+        let mut list = events(30, "a");
+        list.extend(events(5, "a")); // the same events twice in one write
+        first.write(&once(list)).await.unwrap();
+        first.write(&once(events(10, "a"))).await.unwrap();
+        first.flush(true).await.unwrap();
+        // A later process (a replay, a restart) reads what is stored before it writes.
+        let mut second = sink(dir.path(), ParquetConfig::default()).await;
+        second.write(&once(events(40, "a"))).await.unwrap();
+        second.flush(true).await.unwrap();
+
+        let mut stored: Vec<String> = read_ids(dir.path()).into_values().flatten().collect();
+        stored.sort();
+        let mut all: Vec<String> = (0..40).map(|i| format!("a-{i}")).collect();
+        all.sort();
+        assert_eq!(stored, all, "every row exactly once");
+    }
+
+    #[tokio::test]
+    async fn events_of_a_file_that_was_not_stored_can_be_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), ParquetConfig::default()).await;
+        let batch = || [Arc::new(Batch::new(events(8, "f"), Ack::none()))];
+        sink.write(&batch()).await.unwrap();
+        std::fs::remove_dir_all(dir.path().join("events")).unwrap();
+        sink.flush(true).await.unwrap();
+        sink.write(&batch()).await.unwrap();
+        sink.flush(true).await.unwrap();
+        assert_eq!(read_ids(dir.path()).into_values().flatten().count(), 8);
     }
 
     #[test]
