@@ -180,12 +180,13 @@ pub fn main(cli: Cli) -> ExitCode {
             let max_line_bytes = c
                 .sources
                 .iter()
-                .find_map(|s| match &s.config {
-                    SourceConfig::Tcp(t) => Some(t.max_line_bytes),
-                    SourceConfig::File(f) => Some(f.max_line_bytes),
-                    SourceConfig::Stdin(s) => Some(s.max_line_bytes),
-                    SourceConfig::Replay(r) => Some(r.max_line_bytes),
+                .map(|s| match &s.config {
+                    SourceConfig::Tcp(t) => t.max_line_bytes,
+                    SourceConfig::File(f) => f.max_line_bytes,
+                    SourceConfig::Stdin(s) => s.max_line_bytes,
+                    SourceConfig::Replay(r) => r.max_line_bytes,
                 })
+                .next()
                 .unwrap_or(crate::sources::DEFAULT_MAX_LINE_BYTES);
             let source = SourceConfig::Replay(ReplayConfig {
                 inputs,

@@ -188,7 +188,7 @@ impl Generator {
         let stage = self.live[i].stage;
         let eval_id = self.live[i].eval_id.clone();
         self.live[i].stage += 1;
-        let event = match stage {
+        match stage {
             0 => self.queued(&eval_id),
             1 => self.container(&eval_id),
             2 => self.started(&eval_id),
@@ -200,8 +200,7 @@ impl Generator {
                     self.completed(&eval_id)
                 }
             }
-        };
-        event
+        }
     }
 
     fn queued(&mut self, eval_id: &str) -> Map<String, Value> {

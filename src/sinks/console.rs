@@ -17,6 +17,12 @@ pub struct Console {
     out: tokio::io::Stdout,
 }
 
+impl Default for Console {
+    fn default() -> Console {
+        Console::new()
+    }
+}
+
 impl Console {
     pub fn new() -> Console {
         Console {
