@@ -489,6 +489,8 @@ inputs = ["classify"]
         ),
     );
     replay(dir.path(), &config, &input);
+    // A second replay reads what is stored and adds no row twice.
+    replay(dir.path(), &config, &input);
 
     let lines = input_lines(&input);
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
