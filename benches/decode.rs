@@ -20,6 +20,7 @@ fn input() -> Vec<u8> {
         large_outputs: 0.0,
         secrets: 0.02,
         shuffle_window: 0,
+        days: 0,
     };
     let mut out = Vec::new();
     generate(&options, &mut out).unwrap();

@@ -19,6 +19,7 @@ fn parquet_encode(c: &mut Criterion) {
         large_outputs: 0.001,
         secrets: 0.02,
         shuffle_window: 0,
+        days: 0,
     };
     let mut ndjson = Vec::new();
     generate(&options, &mut ndjson).expect("generate to memory");

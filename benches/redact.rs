@@ -260,6 +260,7 @@ fn events() -> Vec<Event> {
         large_outputs: 0.0,
         secrets: 0.02,
         shuffle_window: 0,
+        days: 0,
     };
     let mut data = Vec::new();
     generate(&options, &mut data).unwrap();

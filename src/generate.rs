@@ -29,6 +29,10 @@ pub struct GenerateOptions {
     /// Shuffle events within windows of this many lines (out-of-order lifecycles); 0 keeps order.
     #[arg(long, default_value_t = 0)]
     pub shuffle_window: usize,
+    /// Spread the events' timestamps evenly over this many days (a replay of months of logs);
+    /// 0 spaces them 1 to 40 ms apart, as on a busy platform.
+    #[arg(long, default_value_t = 0)]
+    pub days: u32,
 }
 
 const LANGUAGES: &[(&str, &str)] = &[
@@ -140,7 +144,11 @@ struct Generator {
 
 impl Generator {
     fn line(&mut self) -> String {
-        self.clock += Duration::milliseconds(self.rng.i64(1..40));
+        let step_ms = match self.options.days {
+            0 => 40,
+            days => (2 * days as u64 * 86_400_000 / self.options.events.max(1)).max(2) as i64,
+        };
+        self.clock += Duration::milliseconds(self.rng.i64(1..step_ms));
         if self.options.bad_lines > 0.0 && self.rng.f64() < self.options.bad_lines {
             return self.bad_line();
         }
@@ -376,6 +384,7 @@ mod tests {
             large_outputs: 0.0,
             secrets: 0.0,
             shuffle_window: 0,
+            days: 0,
         }
     }
 
@@ -412,5 +421,24 @@ mod tests {
         for line in out.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
             assert!(decode_line(line, Utc::now()).is_err());
         }
+    }
+
+    #[test]
+    fn days_spread_the_timestamps_over_that_many_days() {
+        let mut out = Vec::new();
+        generate(
+            &GenerateOptions {
+                days: 30,
+                ..options(5000)
+            },
+            &mut out,
+        )
+        .unwrap();
+        let dates: BTreeSet<_> = out
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|line| decode_line(line, Utc::now()).unwrap().ts.date_naive())
+            .collect();
+        assert!((28..=32).contains(&dates.len()), "{} dates", dates.len());
     }
 }
