@@ -245,6 +245,14 @@ impl Upload {
         }
     }
 
+    /// Bytes held in memory until they make a whole part (S3; a local file holds none).
+    pub fn buffered(&self) -> usize {
+        match self {
+            Upload::Local(_) => 0,
+            Upload::S3(u) => u.buffered(),
+        }
+    }
+
     /// Makes the object visible and durable.
     pub async fn complete(self) -> Result<(), StoreError> {
         match self {

@@ -288,6 +288,11 @@ pub struct S3Upload {
 }
 
 impl S3Upload {
+    /// Bytes waiting for the part they belong to.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     pub async fn write(&mut self, mut data: Bytes) -> Result<(), StoreError> {
         let part_bytes = PART_BYTES;
         while !data.is_empty() {

@@ -2,7 +2,7 @@
 //! `scripts/services.sh` starts (`EVALSINK_S3_ENDPOINT`, credentials `testing`/`testing`): each
 //! test makes its own bucket and checks the bytes in it with a client of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -529,6 +529,65 @@ inputs = ["classify"]
     assert_eq!(
         head.server_side_encryption(),
         Some(&ServerSideEncryption::Aes256)
+    );
+    assert_eq!(multipart_uploads(&client, &bucket).await, 0);
+}
+
+#[tokio::test]
+async fn a_replay_of_many_days_stores_every_event_in_its_days_file() {
+    // 40 days × 8 types is more partitions than files are kept open: the files of the days
+    // left behind are completed as the replay moves on.
+    let client = client();
+    let bucket = bucket(&client, "parquet-days").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(&["--events", "6000", "--seed", "8", "--days", "40"]);
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+data_dir = "{dir}/data"
+[sources.in]
+type = "stdin"
+[transforms.classify]
+type = "classify"
+inputs = ["in"]
+[sinks.analytics]
+type = "parquet"
+inputs = ["classify"]
+batch.max_events = 500
+[sinks.analytics.store]
+{store}"#,
+            dir = dir.path().display(),
+            store = store_table(&bucket, "cold")
+        ),
+    );
+    replay(dir.path(), &config, &input);
+
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for line in input_lines(&input) {
+        let date = &line["timestamp"].as_str().unwrap()[..10];
+        expected.insert(
+            line["event_id"].as_str().unwrap().into(),
+            format!("{}/date={date}", line["type"].as_str().unwrap()),
+        );
+    }
+    let mut stored: BTreeMap<String, String> = BTreeMap::new();
+    let mut partitions = BTreeSet::new();
+    for (key, columns) in parquet_rows(&client, &bucket, "cold").await {
+        let partition = key
+            .strip_prefix("cold/events/type=")
+            .and_then(|rest| rest.rsplit_once('/'))
+            .unwrap()
+            .0
+            .to_string();
+        partitions.insert(partition.clone());
+        let id = columns["event_id"].as_str().unwrap().to_string();
+        assert!(stored.insert(id.clone(), partition).is_none(), "{id} twice");
+    }
+    assert!(partitions.len() > 300, "{} partitions", partitions.len());
+    assert_eq!(
+        stored, expected,
+        "every event once, in its type's and day's dataset"
     );
     assert_eq!(multipart_uploads(&client, &bucket).await, 0);
 }

@@ -47,7 +47,7 @@ pub struct ParquetConfig {
     /// about this much in memory.
     #[serde(default = "default_row_group_bytes")]
     pub row_group_bytes: u64,
-    /// `batch.max_events` (default 10000) and `batch.timeout_secs` (default 1): how many
+    /// `batch.max_events` (default 4000) and `batch.timeout_secs` (default 1): how many
     /// events are encoded together.
     #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
@@ -67,7 +67,7 @@ fn default_row_group_bytes() -> u64 {
 
 fn default_batch() -> BatchConfig {
     BatchConfig {
-        max_events: 10_000,
+        max_events: 4_000,
         timeout_secs: 1.0,
     }
 }
@@ -117,12 +117,16 @@ impl ParquetConfig {
 
 /// Bytes of a file that wait in memory before they are sent to the upload.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
-/// Most files open at once (a replay of many days opens one per type and day); beyond, the
-/// least recently written one is completed.
+/// Most files open at once after a write (a replay of many days opens one per type and day);
+/// beyond, the least recently written ones are completed.
 const MAX_OPEN_FILES: usize = 64;
 /// Most memory held by the row groups in progress of every open file together (at least two
 /// row groups); beyond, the largest is flushed.
-const ROW_GROUP_MEMORY: usize = 96 * 1024 * 1024;
+const ROW_GROUP_MEMORY: usize = 64 * 1024 * 1024;
+/// Most memory held by the uploads of every open file together, in parts not yet full (S3
+/// parts are 8 MiB); beyond, the least recently written file is completed. One day of every
+/// event type fits; a replay of many days completes the files of the days it has left behind.
+const UPLOAD_MEMORY: usize = 64 * 1024 * 1024;
 
 /// One open file per event type and date (UTC) of the events' `ts`.
 type Partition = (EventType, NaiveDate);
@@ -211,16 +215,14 @@ impl ParquetSink {
         )
     }
 
+    fn least_recently_written(&self) -> Option<Partition> {
+        self.files
+            .iter()
+            .min_by_key(|(_, f)| f.last_write)
+            .map(|(p, _)| *p)
+    }
+
     async fn open(&mut self, partition: Partition) -> Result<(), SinkError> {
-        if self.files.len() >= MAX_OPEN_FILES
-            && let Some(oldest) = self
-                .files
-                .iter()
-                .min_by_key(|(_, f)| f.last_write)
-                .map(|(p, _)| *p)
-        {
-            self.complete(oldest).await;
-        }
         let key = self.next_key(partition);
         let writer = FileWriter::new(partition.0, self.config.row_group_bytes as usize)
             .map_err(|e| SinkError::Failed(format!("cannot start a Parquet file: {e}")))?;
@@ -349,7 +351,10 @@ impl ParquetSink {
         }
     }
 
-    /// Flushes the largest row groups in progress while they hold too much memory together.
+    /// Flushes the largest row groups in progress while they hold too much memory together,
+    /// then completes the least recently written files while there are too many or their
+    /// uploads hold too much memory. (Called after a write, so that it never completes a file
+    /// the write is still encoding into.)
     async fn limit_memory(&mut self) {
         let budget = ROW_GROUP_MEMORY.max(2 * self.config.row_group_bytes as usize);
         loop {
@@ -359,7 +364,7 @@ impl ParquetSink {
                 .map(|(p, f)| (*p, f.writer().buffered()))
                 .collect();
             if buffered.iter().map(|(_, b)| b).sum::<usize>() <= budget {
-                return;
+                break;
             }
             let (largest, _) = *buffered.iter().max_by_key(|(_, b)| *b).expect("not empty");
             let file = self.files.get_mut(&largest).expect("open");
@@ -371,6 +376,17 @@ impl ParquetSink {
                 continue;
             }
             self.send(largest, 0).await;
+        }
+        while self.files.len() > MAX_OPEN_FILES
+            || self
+                .files
+                .values()
+                .map(|f| f.upload.buffered())
+                .sum::<usize>()
+                > UPLOAD_MEMORY
+        {
+            let oldest = self.least_recently_written().expect("not empty");
+            self.complete(oldest).await;
         }
     }
 
