@@ -43,6 +43,11 @@ if stream then
   end
 end
 
+-- Only entries up to the stream's newest before this call need a look at the stream; later
+-- ones can only repeat an event appended by this call.
+local stored_ms = top_ms
+local appended_ids = {}
+
 local best
 for i = first, #ARGV, stride do
   local us, id, ms_text = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
@@ -51,8 +56,8 @@ for i = first, #ARGV, stride do
   end
   if stream then
     local ms = tonumber(ms_text)
-    local duplicate = false
-    if ms <= top_ms then
+    local duplicate = appended_ids[id] == ms
+    if not duplicate and ms <= stored_ms then
       for _, entry in ipairs(redis.call('XRANGE', stream, ms_text, ms_text)) do
         local fields = entry[2]
         for j = 1, #fields, 2 do
@@ -77,6 +82,7 @@ for i = first, #ARGV, stride do
         args[#args + 1] = ARGV[i + 2 + k]
       end
       redis.call(unpack(args))
+      appended_ids[id] = ms
       top_ms, top_seq = ms, seq
       appended = appended + 1
     end

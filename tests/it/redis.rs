@@ -283,6 +283,43 @@ fn latest_is_by_timestamp_whatever_the_order_and_replays_add_nothing() {
 }
 
 #[test]
+fn events_repeated_in_one_batch_are_one_history_entry_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis_url();
+    let p = Prefix::new(&url, "repeated");
+    let config = config(dir.path(), &url, &p.prefix, "");
+    // Ten queue events of the same millisecond, each twice, in one batch; later ones too.
+    let mut lines = Vec::new();
+    for round in 0..2 {
+        for i in 0..10 {
+            lines.push(queue(&format!("same-ms-{i}"), 1, i));
+        }
+        for i in 0..10 {
+            lines.push(queue(&format!("later-{i}"), 2 + i, i));
+        }
+        if round == 0 {
+            lines.reverse();
+        }
+    }
+    run(&config, &lines, dir.path());
+    let mut con = connect(&url);
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(p.key("queue:history"))
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    let mut ids: Vec<&str> = entries
+        .iter()
+        .map(|(_, f)| f["event_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "each event once");
+}
+
+#[test]
 fn the_history_stream_is_capped() {
     let dir = tempfile::tempdir().unwrap();
     let url = redis_url();
