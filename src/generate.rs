@@ -104,6 +104,11 @@ pub fn generate(options: &GenerateOptions, out: &mut impl Write) -> io::Result<(
         next_eval: 0,
         live: Vec::new(),
         serial: 0,
+        // Gaps of 1 to step_ms - 1 ms: about `days` days in all, or a busy platform's pace.
+        step_ms: match options.days {
+            0 => 40,
+            days => (2 * days as u64 * 86_400_000 / options.events.max(1)).max(2) as i64,
+        },
     };
     let mut window: Vec<String> = Vec::new();
     for _ in 0..options.events {
@@ -140,15 +145,12 @@ struct Generator {
     next_eval: u64,
     live: Vec<Live>,
     serial: u64,
+    step_ms: i64,
 }
 
 impl Generator {
     fn line(&mut self) -> String {
-        let step_ms = match self.options.days {
-            0 => 40,
-            days => (2 * days as u64 * 86_400_000 / self.options.events.max(1)).max(2) as i64,
-        };
-        self.clock += Duration::milliseconds(self.rng.i64(1..step_ms));
+        self.clock += Duration::milliseconds(self.rng.i64(1..self.step_ms));
         if self.options.bad_lines > 0.0 && self.rng.f64() < self.options.bad_lines {
             return self.bad_line();
         }

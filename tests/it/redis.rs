@@ -76,6 +76,19 @@ fn xlen(con: &mut redis::Connection, key: &str) -> u64 {
     redis::cmd("XLEN").arg(key).query(con).unwrap()
 }
 
+/// Every entry of a stream: (entry id, fields).
+fn stream_entries(
+    con: &mut redis::Connection,
+    key: &str,
+) -> Vec<(String, HashMap<String, String>)> {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap()
+}
+
 fn at(secs: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(secs)
 }
@@ -180,12 +193,7 @@ fn writes_the_keys_of_the_spec_with_ttls() {
     assert_eq!(q["processing_count"], "6");
     assert_eq!(DateTime::parse_from_rfc3339(&q["ts"]).unwrap(), at(4));
 
-    let history: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(p.key("queue:history"))
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let history = stream_entries(&mut con, &p.key("queue:history"));
     assert_eq!(history.len(), 2);
     assert_eq!(
         history[0].0,
@@ -247,12 +255,7 @@ fn latest_is_by_timestamp_whatever_the_order_and_replays_add_nothing() {
     let history_key = p.key("queue:history");
     let first_len = xlen(&mut con, &history_key);
     assert!(first_len > 0 && first_len <= 600, "{first_len}");
-    let ids: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(&history_key)
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let ids = stream_entries(&mut con, &history_key);
     let times: Vec<i64> = ids
         .iter()
         .map(|(_, f)| {
@@ -303,12 +306,7 @@ fn events_repeated_in_one_batch_are_one_history_entry_each() {
     }
     run(&config, &lines, dir.path());
     let mut con = connect(&url);
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(p.key("queue:history"))
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let entries = stream_entries(&mut con, &p.key("queue:history"));
     let mut ids: Vec<&str> = entries
         .iter()
         .map(|(_, f)| f["event_id"].as_str())

@@ -3,7 +3,7 @@
 //! test makes its own bucket and checks the bytes in it with a client of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -462,14 +462,11 @@ async fn parquet_rows(
     rows
 }
 
-#[tokio::test]
-async fn the_parquet_sink_writes_to_s3() {
-    let client = client();
-    let bucket = bucket(&client, "parquet").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = generated(&["--events", "2000", "--seed", "5", "--large-outputs", "0"]);
-    let config = write_config(
-        dir.path(),
+/// A pipeline config: stdin → classify → parquet into `s3://{bucket}/cold`, with `sink_keys` for
+/// the sink and `store_keys` for its store.
+fn parquet_config(dir: &Path, bucket: &str, sink_keys: &str, store_keys: &str) -> PathBuf {
+    write_config(
+        dir,
         &format!(
             r#"
 data_dir = "{dir}/data"
@@ -481,13 +478,31 @@ inputs = ["in"]
 [sinks.analytics]
 type = "parquet"
 inputs = ["classify"]
+{sink_keys}
 [sinks.analytics.store]
-{store}sse = "AES256"
+{store}{store_keys}
 "#,
-            dir = dir.path().display(),
-            store = store_table(&bucket, "cold")
+            dir = dir.display(),
+            store = store_table(bucket, "cold")
         ),
-    );
+    )
+}
+
+/// `cold/events/type={TYPE}/date={DATE}/{FILE}` → (TYPE, DATE, FILE).
+fn dataset_key(key: &str) -> (&str, &str, &str) {
+    let rest = key.strip_prefix("cold/events/type=").unwrap();
+    let (type_name, rest) = rest.split_once("/date=").unwrap();
+    let (date, file) = rest.split_once('/').unwrap();
+    (type_name, date, file)
+}
+
+#[tokio::test]
+async fn the_parquet_sink_writes_to_s3() {
+    let client = client();
+    let bucket = bucket(&client, "parquet").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(&["--events", "2000", "--seed", "5", "--large-outputs", "0"]);
+    let config = parquet_config(dir.path(), &bucket, "", "sse = \"AES256\"");
     replay(dir.path(), &config, &input);
     // A second replay reads what is stored and adds no row twice.
     replay(dir.path(), &config, &input);
@@ -503,9 +518,7 @@ inputs = ["classify"]
     let rows = parquet_rows(&client, &bucket, "cold").await;
     let mut stored: BTreeMap<String, String> = BTreeMap::new();
     for (key, columns) in &rows {
-        let rest = key.strip_prefix("cold/events/type=").unwrap();
-        let (type_name, rest) = rest.split_once("/date=").unwrap();
-        let (_date, file) = rest.split_once('/').unwrap();
+        let (type_name, _date, file) = dataset_key(key);
         assert!(
             file.starts_with("part-") && file.ends_with(".parquet"),
             "{key}"
@@ -541,26 +554,7 @@ async fn a_replay_of_many_days_stores_every_event_in_its_days_file() {
     let bucket = bucket(&client, "parquet-days").await;
     let dir = tempfile::tempdir().unwrap();
     let input = generated(&["--events", "6000", "--seed", "8", "--days", "40"]);
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-data_dir = "{dir}/data"
-[sources.in]
-type = "stdin"
-[transforms.classify]
-type = "classify"
-inputs = ["in"]
-[sinks.analytics]
-type = "parquet"
-inputs = ["classify"]
-batch.max_events = 500
-[sinks.analytics.store]
-{store}"#,
-            dir = dir.path().display(),
-            store = store_table(&bucket, "cold")
-        ),
-    );
+    let config = parquet_config(dir.path(), &bucket, "batch.max_events = 500", "");
     replay(dir.path(), &config, &input);
 
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
@@ -574,12 +568,8 @@ batch.max_events = 500
     let mut stored: BTreeMap<String, String> = BTreeMap::new();
     let mut partitions = BTreeSet::new();
     for (key, columns) in parquet_rows(&client, &bucket, "cold").await {
-        let partition = key
-            .strip_prefix("cold/events/type=")
-            .and_then(|rest| rest.rsplit_once('/'))
-            .unwrap()
-            .0
-            .to_string();
+        let (type_name, date, _file) = dataset_key(&key);
+        let partition = format!("{type_name}/date={date}");
         partitions.insert(partition.clone());
         let id = columns["event_id"].as_str().unwrap().to_string();
         assert!(stored.insert(id.clone(), partition).is_none(), "{id} twice");
@@ -697,7 +687,7 @@ fn check_split_events(stdout: &[u8], input: &[u8]) -> Vec<(String, String, Strin
     stored
 }
 
-fn split_config(dir: &Path, split_store: &str, sinks: &str) -> std::path::PathBuf {
+fn split_config(dir: &Path, split_store: &str, sinks: &str) -> PathBuf {
     write_config(
         dir,
         &format!(

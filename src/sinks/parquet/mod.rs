@@ -471,7 +471,6 @@ impl Sink for ParquetSink {
         }
         let mut groups: BTreeMap<Partition, Group> = BTreeMap::new();
         let mut events = 0;
-        let mut written_bytes = 0;
         let mut stored_before = 0;
         for (b, batch) in batches.iter().enumerate() {
             for (i, event) in batch.events.iter().enumerate() {
@@ -489,7 +488,6 @@ impl Sink for ParquetSink {
                 group.ids.push(hash);
                 group.rows.push((b, i));
                 group.bytes += event.size;
-                written_bytes += event.size;
                 if group.batches.last() != Some(&b) {
                     group.batches.push(b);
                 }
@@ -511,6 +509,7 @@ impl Sink for ParquetSink {
                 return Err(e);
             }
         }
+        let written_bytes: usize = groups.values().map(|g| g.bytes).sum();
         let jobs: Vec<(Partition, FileWriter, Group)> = groups
             .into_iter()
             .map(|(p, group)| {
