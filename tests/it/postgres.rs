@@ -1132,7 +1132,9 @@ impl Drop for OwnPostgres {
 /// is back, the write is retried, committed, and only then acknowledged.
 #[test]
 fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
-    let server = OwnPostgres::start(55_432);
+    // Below the ephemeral range (32768–60999 here): a port in it can be taken at any moment by
+    // another test's outgoing connection, and the server then fails to start.
+    let server = OwnPostgres::start(25_432);
     let url = server.url("evalsink");
     let dir = tempfile::tempdir().unwrap();
     let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
