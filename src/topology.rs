@@ -290,7 +290,7 @@ async fn run_transform(
                     .await
             }
         })
-        .buffered(workers);
+        .buffered(workers * 2);
     futures_util::pin_mut!(batches);
     while let Some(batch) = batches.next().await {
         if batch.events.is_empty() {

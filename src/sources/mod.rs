@@ -125,7 +125,7 @@ where
                     .map_err(io::Error::other)
             }
         })
-        .buffered(workers);
+        .buffered(workers * 2);
     futures_util::pin_mut!(decoded);
     while let Some(frame) = decoded.next().await {
         let DecodedFrame {
