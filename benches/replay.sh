@@ -26,28 +26,32 @@ config() { # $1 = transforms chain ("classify" or "classify redact")
   echo "$out"
 }
 
-measure() { # $1 = label, $2 = config
-  local rates=() cpu_rates=()
-  for _ in $(seq "$RUNS"); do
-    local secs user sys rss
-    # Wall time, and user+sys CPU time (steadier than wall time when the machine is busy).
-    /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S %M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
-    read -r secs user sys rss < <(tail -n1 "$WORK/time.txt")
-    rates+=("$(echo "$BYTES / $secs / 1000000" | bc -l)")
-    cpu_rates+=("$(echo "$BYTES / ($user + $sys) / 1000000" | bc -l)")
-    printf '  %-22s %7.1f MB/s %9.0f events/s  %7.1f MB per CPU-second  peak RSS %6.1f MiB\n' "$1" \
-      "$(echo "$BYTES / $secs / 1000000" | bc -l)" "$(echo "$EVENTS / $secs" | bc -l)" \
-      "${cpu_rates[-1]}" "$(echo "$rss / 1024" | bc -l)"
-  done
-  local median cpu_median
-  median=$(printf '%s\n' "${rates[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  cpu_median=$(printf '%s\n' "${cpu_rates[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '  %-22s median %.1f MB/s, %.1f MB per CPU-second (load average %s)\n' "$1" "$median" "$cpu_median" \
-    "$(cut -d' ' -f1 /proc/loadavg)"
-  echo "$median" > "$WORK/median-$(echo "$1" | tr ' >' '__')"
+# One run: wall rate, CPU rate and peak RSS; the rate is appended to $WORK/rates-<label>.
+run_once() { # $1 = label, $2 = config
+  local secs user sys rss
+  # Wall time, and user+sys CPU time (steadier than wall time when the machine is busy).
+  /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S %M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
+  read -r secs user sys rss < <(tail -n1 "$WORK/time.txt")
+  echo "$BYTES / $secs / 1000000" | bc -l >>"$WORK/rates-$1"
+  echo "$BYTES / ($user + $sys) / 1000000" | bc -l >>"$WORK/cpu-rates-$1"
+  printf '  %-22s %7.1f MB/s %9.0f events/s  %7.1f MB per CPU-second  peak RSS %6.1f MiB\n' "$1" \
+    "$(echo "$BYTES / $secs / 1000000" | bc -l)" "$(echo "$EVENTS / $secs" | bc -l)" \
+    "$(tail -n1 "$WORK/cpu-rates-$1")" "$(echo "$rss / 1024" | bc -l)"
 }
+median_of() { sort -g "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-measure "classify" "$(config classify)"
-measure "classify+redact" "$(config 'classify redact')"
-a=$(cat "$WORK/median-classify"); b=$(cat "$WORK/median-classify+redact")
-printf 'redaction costs %.1f%% of the throughput\n' "$(echo "(1 - $b / $a) * 100" | bc -l)"
+# The two pipelines take turns, so that a slow spell of a noisy machine hits both alike.
+CLASSIFY=$(config classify)
+REDACT=$(config 'classify redact')
+rm -f "$WORK"/rates-* "$WORK"/cpu-rates-*
+for _ in $(seq "$RUNS"); do
+  run_once classify "$CLASSIFY"
+  run_once classify+redact "$REDACT"
+done
+for label in classify classify+redact; do
+  printf '  %-22s median %.1f MB/s, %.1f MB per CPU-second\n' "$label" \
+    "$(median_of "$WORK/rates-$label")" "$(median_of "$WORK/cpu-rates-$label")"
+done
+a=$(median_of "$WORK/rates-classify"); b=$(median_of "$WORK/rates-classify+redact")
+printf 'redaction costs %.1f%% of the throughput (load average %s)\n' "$(echo "(1 - $b / $a) * 100" | bc -l)" \
+  "$(cut -d' ' -f1 /proc/loadavg)"
