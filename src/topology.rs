@@ -3,7 +3,9 @@
 //! when the sources end or on shutdown.
 //!
 //! Every edge holds at most [`QUEUE_BATCHES`] batches of at most about
-//! [`crate::sources::CHUNK_BYTES`] of input each (a single line may be up to `max_line_bytes`).
+//! [`crate::sources::CHUNK_BYTES`] of input each (a single line may be up to `max_line_bytes`),
+//! and each source's decoding and each transform works on at most two batches per core at once
+//! (one more than a core can take, so that a slow batch does not leave the core idle).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
