@@ -5,9 +5,10 @@
 //!
 //! 1. The text is lowercased (ASCII, which keeps every byte offset) and searched once for all
 //!    keywords, by a few searchers of at most [`KEYWORDS_PER_SEARCHER`] keywords each: few
-//!    enough for Teddy, the SIMD searcher of aho-corasick. A text shorter than
-//!    [`SMALL_TEXT_BYTES`] (most strings of an event: ids, names, times) is searched by one
-//!    automaton over all keywords instead.
+//!    enough for Teddy, the SIMD searcher of aho-corasick, whose buckets are chosen from the
+//!    byte frequencies of ordinary text so that few positions need a check. A text shorter
+//!    than [`SMALL_TEXT_BYTES`] (most strings of an event: ids, names, times) is searched by
+//!    one automaton over all keywords instead.
 //! 2. Each hit gives each of its rules a window where a match containing the hit must lie: as
 //!    far on each side as the rule's longest possible match, computed from its pattern (see
 //!    [`shape`]), and only the hit's line when the pattern cannot match a line feed. A rule whose
@@ -35,10 +36,11 @@ const MARKER_PREFIX: &str = "[REDACTED:";
 /// buckets (16 beyond 32 keywords, at half the speed). Each searcher is a pass over the text,
 /// and each bucket that lets a position through costs a check of its keywords. So keywords of
 /// [`FINGERPRINT_BYTES`] or more have searchers of their own, whose 4-byte fingerprint lets far
-/// fewer ordinary positions through than a 3-byte one. Measured with the 68 built-in keywords
-/// over the strings of 5,000 generated events, one call per string, in alternating rounds:
-/// 4 searchers of 17 in alphabetical order 730–750 MB/s; the 9 short keywords in one searcher
-/// and the 59 others in 3 of 20: 770–850 MB/s.
+/// fewer ordinary positions through than a 3-byte one, and their buckets are chosen (see
+/// [`buckets`]). Measured with the 68 built-in keywords over the strings of 5,000 generated
+/// events, one call per string, in alternating rounds: 4 searchers of 17 in alphabetical order
+/// 615–700 MB/s; the 9 short keywords in one searcher and the 59 others in 3 of 20, in
+/// alphabetical order 650–770 MB/s, in chosen buckets 920–1,080 MB/s.
 const KEYWORDS_PER_SEARCHER: usize = 20;
 
 /// Keywords at least this long share searchers with a 4-byte fingerprint (see
@@ -711,8 +713,7 @@ fn bucket_cost(keywords: &[&str]) -> f64 {
 /// Groups `keywords` (of at least [`FINGERPRINT_BYTES`] each) into at most `count` Teddy
 /// buckets of at most `keywords / count` (rounded up) each: from one bucket per keyword, the
 /// two buckets whose union costs the least more than they do apart are merged, until `count`
-/// are left. In the strings of generated events this ran at 920–1,080 MB/s against 650–770
-/// MB/s for alphabetical order.
+/// are left (measured in [`KEYWORDS_PER_SEARCHER`]).
 fn buckets<'a>(keywords: &[&'a str], count: usize) -> Vec<Vec<&'a str>> {
     let count = count.max(1);
     let most = keywords.len().div_ceil(count);
