@@ -711,9 +711,11 @@ fn bucket_cost(keywords: &[&str]) -> f64 {
 }
 
 /// Groups `keywords` (of at least [`FINGERPRINT_BYTES`] each) into at most `count` Teddy
-/// buckets of at most `keywords / count` (rounded up) each: from one bucket per keyword, the
+/// buckets of `keywords / count` keywords, rounded down or up: from one bucket per keyword, the
 /// two buckets whose union costs the least more than they do apart are merged, until `count`
-/// are left (measured in [`KEYWORDS_PER_SEARCHER`]).
+/// are left; then keywords move from the largest buckets to the smallest, where it costs the
+/// least (measured in [`KEYWORDS_PER_SEARCHER`]). Even sizes let [`teddy_order`] give Teddy
+/// exactly these buckets.
 fn buckets<'a>(keywords: &[&'a str], count: usize) -> Vec<Vec<&'a str>> {
     let count = count.max(1);
     let most = keywords.len().div_ceil(count);
@@ -754,14 +756,41 @@ fn buckets<'a>(keywords: &[&'a str], count: usize) -> Vec<Vec<&'a str>> {
             }
         }
     }
+    // Even out: while sizes differ by more than one, the keyword that is the cheapest to move
+    // goes from a largest bucket to a smallest.
+    loop {
+        let sizes = buckets.iter().map(Vec::len);
+        let (Some(largest), Some(smallest)) = (sizes.clone().max(), sizes.min()) else {
+            break;
+        };
+        if largest <= smallest + 1 {
+            break;
+        }
+        let to = (0..buckets.len())
+            .find(|&b| buckets[b].len() == smallest)
+            .expect("a smallest bucket");
+        let moved = |from: usize, at: usize| {
+            let mut rest = buckets[from].clone();
+            let keyword = rest.remove(at);
+            bucket_cost(&rest) - bucket_cost(&buckets[from])
+                + bucket_cost(&[&buckets[to][..], &[keyword]].concat())
+        };
+        let (from, at) = (0..buckets.len())
+            .filter(|&b| buckets[b].len() == largest)
+            .flat_map(|b| (0..largest).map(move |k| (b, k)))
+            .min_by(|&(a, i), &(b, j)| moved(a, i).total_cmp(&moved(b, j)))
+            .expect("a largest bucket");
+        let keyword = buckets[from].remove(at);
+        buckets[to].push(keyword);
+    }
     buckets
 }
 
 /// The keywords of up to [`TEDDY_BUCKETS`] buckets in the order that makes Teddy put each
 /// bucket's keywords together: it puts pattern `i` in bucket `7 - i % 8` (or, when its
 /// fingerprint's low nibbles are those of an earlier pattern, in that one's bucket). That is
-/// exact when the buckets' sizes differ by one at most; otherwise Teddy's buckets differ a
-/// little from these, which costs speed, never a match.
+/// exact when the buckets' sizes differ by one at most, as [`buckets`] makes them; otherwise
+/// Teddy's buckets would differ a little from these, which costs speed, never a match.
 fn teddy_order<'a>(buckets: &[Vec<&'a str>]) -> Vec<&'a str> {
     let mut buckets = buckets.to_vec();
     // The larger buckets first, so that only the last round of the loop below is short.
@@ -1458,6 +1487,37 @@ mod tests {
 
     fn max_len(pattern: &str) -> Option<usize> {
         shape(pattern).max_len
+    }
+
+    #[test]
+    fn keywords_are_bucketed_by_shared_fingerprints_and_every_one_is_kept() {
+        // Keywords alike in their first bytes cost less together than unlike ones.
+        assert!(bucket_cost(&["ghp_", "gho_"]) < bucket_cost(&["ghp_", "xai-"]));
+        assert!(bucket_cost(&["passw"]) < bucket_cost(&["passw", "token"]));
+
+        let keywords = [
+            "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "passw", "token", "secret", "xai-", "pmak-",
+            "glpat-", "glrt-", "akia", "asia", "aiza", "bearer", "curl", "dapi",
+        ];
+        let chosen = buckets(&keywords, 8);
+        assert_eq!(chosen.len(), 8);
+        assert!(chosen.iter().all(|b| b.len() <= 3), "{chosen:?}");
+        let mut all: Vec<&str> = chosen.concat();
+        all.sort_unstable();
+        let mut expected = keywords.to_vec();
+        expected.sort_unstable();
+        assert_eq!(all, expected);
+
+        // Teddy puts pattern i in bucket 7 - i % 8: each bucket's keywords 8 apart.
+        let order = teddy_order(&chosen);
+        assert_eq!(order.len(), keywords.len());
+        for bucket in &chosen {
+            let places: Vec<usize> = bucket
+                .iter()
+                .map(|k| order.iter().position(|o| o == k).unwrap())
+                .collect();
+            assert!(places.iter().all(|p| p % 8 == places[0] % 8), "{places:?}");
+        }
     }
 
     #[test]
