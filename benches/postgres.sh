@@ -7,6 +7,9 @@
 #   (b) evalsink replay → classify → postgres, `events` table only;
 #   (c) evalsink replay → classify → postgres, every table (events, evaluations, security).
 #
+# Each load also prints the CPU seconds of the server's backends (when the server runs here)
+# and of the client: on a machine where the server is CPU-bound, they say how far a load can go.
+#
 # Each is run ROUNDS times (default 3) on a fresh database; medians and ratios are printed.
 #
 #   benches/postgres.sh                 # 100000 events, seed 1
@@ -75,13 +78,23 @@ fresh_db() {
   psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
   "$BIN" migrate --database-url "$BASE/$DB" 2>/dev/null
 }
-seconds() { # command... -> wall seconds
-  local start end
+# CPU seconds that the server's exited backends have used: the postmaster's children's time,
+# when the server runs on this machine and its data directory is readable (else empty).
+PM_PID=$(head -n1 "$(psql_admin -Atc 'SHOW data_directory' 2>/dev/null)/postmaster.pid" 2>/dev/null || true)
+server_cpu() { [ -n "$PM_PID" ] && awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($16 + $17) / t }' "/proc/$PM_PID/stat"; }
+seconds() { # command... -> wall seconds; the server's and the command's CPU seconds go to $WORK/cpu.txt
+  local start end before after
+  before=$(server_cpu)
   start=$(date +%s.%N)
-  "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; return 1; }
+  local TIMEFORMAT='%U %S' # of `time`: the command's user and system CPU seconds
+  { time "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; return 1; }; } 2>"$WORK/time.txt"
   end=$(date +%s.%N)
+  sleep 0.5 # the backends exit once the client has gone
+  after=$(server_cpu)
+  awk -v a="${before:-0}" -v b="${after:-0}" '{ printf "%.2f %.2f\n", b - a, $1 + $2 }' "$WORK/time.txt" >"$WORK/cpu.txt"
   awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
 }
+cpu() { read -r server client <"$WORK/cpu.txt"; echo "server ${server} CPU-s, client ${client} CPU-s"; }
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # The rows of `events` as psql \copy takes them, exported from a load of the same events.
@@ -104,14 +117,17 @@ A=() P=() B=() C=()
 for round in $(seq 1 "$ROUNDS"); do
   fresh_db
   A+=("$(seconds copy_ref)")
+  printf 'round %d: \\copy %ss (%s)\n' "$round" "${A[-1]}" "$(cpu)"
   fresh_db
   psql_db -c "ALTER TABLE events ALTER COLUMN payload SET COMPRESSION pglz"
   P+=("$(seconds copy_ref)")
+  printf '         \\copy, pglz %ss (%s)\n' "${P[-1]}" "$(cpu)"
   fresh_db
   B+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$EVENTS_CFG" "$INPUT")")
+  printf '         events only %ss (%s)\n' "${B[-1]}" "$(cpu)"
   fresh_db
   C+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$ALL_CFG" "$INPUT")")
-  printf 'round %d: \\copy %ss (pglz %ss), events only %ss, all tables %ss\n' "$round" "${A[-1]}" "${P[-1]}" "${B[-1]}" "${C[-1]}"
+  printf '         all tables %ss (%s)\n' "${C[-1]}" "$(cpu)"
 done
 MA=$(echo "${A[*]}" | median)
 MP=$(echo "${P[*]}" | median)
