@@ -31,20 +31,20 @@ const BUILTIN_TOML: &str = include_str!("../../transforms/redaction.toml");
 /// What a redacted span becomes: `[REDACTED:<rule name>]`.
 const MARKER_PREFIX: &str = "[REDACTED:";
 
-/// Keywords per searcher. Teddy, the SIMD searcher of aho-corasick, compares a fingerprint of
-/// the first `min(4, shortest keyword)` bytes at every position, for at most 64 keywords in 8
-/// buckets (16 beyond 32 keywords, at half the speed). Each searcher is a pass over the text,
-/// and each bucket that lets a position through costs a check of its keywords. So keywords of
-/// [`FINGERPRINT_BYTES`] or more have searchers of their own, whose 4-byte fingerprint lets far
-/// fewer ordinary positions through than a 3-byte one, and their buckets are chosen (see
-/// [`buckets`]). Measured with the 68 built-in keywords over the strings of 5,000 generated
-/// events, one call per string, in alternating rounds: 4 searchers of 17 in alphabetical order
-/// 615–700 MB/s; the 9 short keywords in one searcher and the 59 others in 3 of 20, in
-/// alphabetical order 650–770 MB/s, in chosen buckets 920–1,080 MB/s.
-const KEYWORDS_PER_SEARCHER: usize = 20;
+/// Fingerprints per searcher. The searchers do not look for the keywords themselves but for
+/// one piece of each, its fingerprint: the keyword itself when it is shorter than
+/// [`FINGERPRINT_BYTES`], else its 4 bytes that ordinary text holds the least (`-beg` of
+/// `-----begin`, `assw` of `passw`); a hit is then checked against the whole keywords around it.
+/// Teddy, the SIMD searcher of aho-corasick, compares the first `min(4, shortest pattern)` bytes
+/// at every position, for at most 64 patterns in 8 buckets (16 beyond 32, at half the speed).
+/// Each searcher is a pass over the text, and each bucket that lets a position through costs a
+/// check of its patterns; so the short fingerprints have searchers of their own, and the 4-byte
+/// ones are grouped into buckets that let few positions through (see [`buckets`]). Measured over
+/// the strings of 20,000 generated events: the 59 long keywords' prefixes in 3 searchers of 20
+/// 22.9 ms, their 57 distinct fingerprints in 2 searchers of 29 15.4 ms.
+const KEYWORDS_PER_SEARCHER: usize = 32;
 
-/// Keywords at least this long share searchers with a 4-byte fingerprint (see
-/// [`KEYWORDS_PER_SEARCHER`]).
+/// The length of a long keyword's fingerprint (see [`KEYWORDS_PER_SEARCHER`]).
 const FINGERPRINT_BYTES: usize = 4;
 
 /// Texts shorter than this are searched by one automaton over all keywords (a DFA), which
@@ -194,16 +194,16 @@ struct Rule {
 #[derive(Clone)]
 pub struct Redactor {
     rules: Vec<Rule>,
-    /// Searchers over the lowercase keywords of all rules: at [`MARKER_SEARCHER`] the lowercase
-    /// [`MARKER_PREFIX`] only, at [`SMALL_TEXT_SEARCHER`] one automaton over all keywords for
-    /// texts under [`SMALL_TEXT_BYTES`], then the Teddy searchers for longer texts.
+    /// The lowercase keywords of all rules, each with the rules it enables.
+    keywords: Vec<(String, Vec<usize>)>,
+    /// The keywords' distinct fingerprints (see [`KEYWORDS_PER_SEARCHER`]).
+    fingerprints: Vec<Fingerprint>,
+    /// Searchers over the fingerprints: at [`MARKER_SEARCHER`] the lowercase [`MARKER_PREFIX`]
+    /// only, at [`SMALL_TEXT_SEARCHER`] one automaton over all fingerprints for texts under
+    /// [`SMALL_TEXT_BYTES`], then the Teddy searchers for longer texts.
     searchers: Vec<KeywordSearcher>,
-    /// For each searcher and pattern: the rules that a hit enables, `None` for the marker. The
-    /// search reports no overlapping hits, so a hit also enables the rules of the keywords it
-    /// may hide (see [`may_hide`]).
-    hit_rules: Vec<Vec<Option<Vec<usize>>>>,
-    /// The length of the longest keyword.
-    max_keyword_len: usize,
+    /// For each searcher, the fingerprint of each of its patterns (none for the marker's).
+    searched: Vec<Vec<usize>>,
     /// The length of the shortest keyword: a shorter text holds no match of a rule with
     /// keywords.
     min_keyword_len: usize,
@@ -211,6 +211,19 @@ pub struct Redactor {
     always: Vec<usize>,
     /// Each allow pattern anchored at both ends, matched against the text to be replaced.
     allow: Option<RegexSet>,
+}
+
+/// A piece of one or more keywords that the searchers look for.
+#[derive(Clone)]
+struct Fingerprint {
+    bytes: Vec<u8>,
+    /// The keywords that hold it: index in [`Redactor::keywords`], and where in the keyword it
+    /// starts.
+    holders: Vec<(usize, usize)>,
+    /// The fingerprints (index, and how many bytes after this one's start) that a hit of this
+    /// one may hide: the search reports no overlapping hits, nor a shorter one that starts at
+    /// the same place.
+    hides: Vec<(usize, usize)>,
 }
 
 /// A span to replace, with the rule that found it.
@@ -322,39 +335,48 @@ impl Redactor {
             });
         }
 
-        let mut keywords: Vec<&str> = keyword_ids.keys().map(String::as_str).collect();
+        let mut keywords: Vec<(String, Vec<usize>)> = keyword_ids
+            .into_iter()
+            .map(|(keyword, id)| (keyword, std::mem::take(&mut keyword_rules[id])))
+            .collect();
         keywords.sort_unstable();
+        let fingerprints = fingerprints(&keywords);
+        let patterns: Vec<&[u8]> = fingerprints.iter().map(|f| f.bytes.as_slice()).collect();
+        let index_of = |pattern: &[u8]| {
+            fingerprints
+                .iter()
+                .position(|f| f.bytes == pattern)
+                .expect("a fingerprint")
+        };
+
         // The marker has a searcher of its own, and so has a small text. For the others, the
-        // short keywords and the long ones are split into searchers of their own.
+        // short fingerprints and the long ones are split into searchers of their own.
         let marker = MARKER_PREFIX.to_ascii_lowercase();
         let marker_searcher = AhoCorasick::new([marker.as_str()]) // one pattern: memmem
             .map_err(|e| RedactError::Keywords(e.to_string()))?;
         let small_text = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .kind(Some(AhoCorasickKind::DFA))
-            .build(&keywords)
+            .build(&patterns)
             .map_err(|e| RedactError::Keywords(e.to_string()))?;
         let mut searchers = vec![
             KeywordSearcher::Automaton(marker_searcher),
             KeywordSearcher::Automaton(small_text),
         ];
-        let mut hit_rules = vec![
-            vec![None],
-            hit_targets(&keywords, &keyword_ids, &keyword_rules),
-        ];
-        let (short, long): (Vec<&str>, Vec<&str>) =
-            keywords.iter().partition(|k| k.len() < FINGERPRINT_BYTES);
+        let mut searched = vec![Vec::new(), (0..fingerprints.len()).collect()];
+        let (short, long): (Vec<&[u8]>, Vec<&[u8]>) =
+            patterns.iter().partition(|k| k.len() < FINGERPRINT_BYTES);
         let short_searchers = short.len().div_ceil(KEYWORDS_PER_SEARCHER);
         let long_searchers = long.len().div_ceil(KEYWORDS_PER_SEARCHER);
-        let mut groups: Vec<Vec<&str>> = short
+        let mut groups: Vec<Vec<&[u8]>> = short
             .chunks(short.len().div_ceil(short_searchers.max(1)).max(1))
-            .map(<[&str]>::to_vec)
+            .map(<[&[u8]]>::to_vec)
             .collect();
         let long_buckets = buckets(&long, TEDDY_BUCKETS * long_searchers);
         groups.extend(long_buckets.chunks(TEDDY_BUCKETS).map(teddy_order));
         for group in &groups {
             searchers.push(KeywordSearcher::new(group)?);
-            hit_rules.push(hit_targets(group, &keyword_ids, &keyword_rules));
+            searched.push(group.iter().map(|p| index_of(p)).collect());
         }
 
         let allow = if allow.is_empty() {
@@ -367,10 +389,15 @@ impl Redactor {
 
         Ok(Redactor {
             rules,
+            min_keyword_len: keywords
+                .iter()
+                .map(|k| k.0.len())
+                .min()
+                .unwrap_or(usize::MAX),
+            keywords,
+            fingerprints,
             searchers,
-            hit_rules,
-            max_keyword_len: keywords.iter().map(|k| k.len()).max().unwrap_or(0),
-            min_keyword_len: keywords.iter().map(|k| k.len()).min().unwrap_or(usize::MAX),
+            searched,
             always,
             allow,
         })
@@ -460,36 +487,35 @@ impl Redactor {
         } else {
             SMALL_TEXT_SEARCHER + 1..self.searchers.len()
         };
-        for (searcher, targets) in self.searchers[keyword_searchers.clone()]
+        for (searcher, searched) in self.searchers[keyword_searchers.clone()]
             .iter()
-            .zip(&self.hit_rules[keyword_searchers])
+            .zip(&self.searched[keyword_searchers])
         {
             searcher.for_each_hit(bytes, |hit| {
-                let Some(rules) = &targets[hit.pattern().as_usize()] else {
-                    return;
-                };
-                if windows.is_empty() {
-                    windows.resize(self.rules.len(), Vec::new());
-                }
-                // A keyword hidden by this hit ends at most `max_keyword_len` bytes after it.
-                let hit_end = hit.end() + self.max_keyword_len;
-                for &rule in rules {
-                    let shape = self.rules[rule].shape;
-                    let (mut start, mut end) = match shape.max_len {
-                        Some(n) => (
-                            hit.start().saturating_sub(n),
-                            hit_end.saturating_add(n).min(bytes.len()),
-                        ),
-                        None => (0, bytes.len()),
-                    };
-                    if !shape.multiline {
-                        if !(line.0 <= hit.start() && hit.end() <= line.1) {
-                            line = line_around(bytes, hit.start(), hit.end());
-                        }
-                        start = start.max(line.0);
-                        end = end.min(line.1);
+                let found = searched[hit.pattern().as_usize()];
+                for (keyword, at) in self.keywords_at(bytes, found, hit.start()) {
+                    let keyword_end = at + keyword.0.len();
+                    if windows.is_empty() {
+                        windows.resize(self.rules.len(), Vec::new());
                     }
-                    add_window(&mut windows[rule], start, end);
+                    for &rule in &keyword.1 {
+                        let shape = self.rules[rule].shape;
+                        let (mut start, mut end) = match shape.max_len {
+                            Some(n) => (
+                                at.saturating_sub(n),
+                                keyword_end.saturating_add(n).min(bytes.len()),
+                            ),
+                            None => (0, bytes.len()),
+                        };
+                        if !shape.multiline {
+                            if !(line.0 <= at && keyword_end <= line.1) {
+                                line = line_around(bytes, at, keyword_end);
+                            }
+                            start = start.max(line.0);
+                            end = end.min(line.1);
+                        }
+                        add_window(&mut windows[rule], start, end);
+                    }
                 }
             });
         }
@@ -548,6 +574,29 @@ impl Redactor {
             });
         }
         merge_spans(spans)
+    }
+
+    /// The keywords (with where they start in the lowercase `bytes`) around a hit of
+    /// fingerprint `found` at `place`, and around the fingerprints that it may hide.
+    fn keywords_at<'a>(
+        &'a self,
+        bytes: &'a [u8],
+        found: usize,
+        place: usize,
+    ) -> impl Iterator<Item = (&'a (String, Vec<usize>), usize)> + 'a {
+        std::iter::once((found, 0))
+            .chain(self.fingerprints[found].hides.iter().copied())
+            .flat_map(move |(f, shift)| {
+                self.fingerprints[f]
+                    .holders
+                    .iter()
+                    .map(move |&(id, offset)| (id, (place + shift).checked_sub(offset)))
+            })
+            .filter_map(|(id, at)| {
+                let (keyword, at) = (&self.keywords[id], at?);
+                (bytes.get(at..at + keyword.0.len()) == Some(keyword.0.as_bytes()))
+                    .then_some((keyword, at))
+            })
     }
 
     /// Runs one rule over a window of `text` and pushes the candidates it finds (the allow list
@@ -646,7 +695,7 @@ enum KeywordSearcher {
 }
 
 impl KeywordSearcher {
-    fn new(patterns: &[&str]) -> Result<Self, RedactError> {
+    fn new<P: AsRef<[u8]>>(patterns: &[P]) -> Result<Self, RedactError> {
         let teddy = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostLongest)
             .builder()
@@ -689,19 +738,73 @@ const ORDINARY_TEXT_BYTES: [u32; 128] = [
     1697, 76, 3985, 4236, 4873, 1562, 479, 525, 439, 674, 121, 40, 16, 40, 3, 0,
 ];
 
+/// The distinct fingerprints of `keywords` (see [`KEYWORDS_PER_SEARCHER`]), sorted.
+fn fingerprints(keywords: &[(String, Vec<usize>)]) -> Vec<Fingerprint> {
+    let mut fingerprints: Vec<Fingerprint> = Vec::new();
+    for (id, (keyword, _)) in keywords.iter().enumerate() {
+        let at = fingerprint_at(keyword.as_bytes());
+        let bytes = &keyword.as_bytes()[at..(at + FINGERPRINT_BYTES).min(keyword.len())];
+        match fingerprints.iter_mut().find(|f| f.bytes == bytes) {
+            Some(f) => f.holders.push((id, at)),
+            None => fingerprints.push(Fingerprint {
+                bytes: bytes.to_vec(),
+                holders: vec![(id, at)],
+                hides: Vec::new(),
+            }),
+        }
+    }
+    fingerprints.sort_unstable_by(|a, b| a.bytes.cmp(&b.bytes));
+    // `b` may hide behind `a` when it starts inside `a` and agrees with the rest of it.
+    for a in 0..fingerprints.len() {
+        let hidden: Vec<(usize, usize)> = (0..fingerprints.len())
+            .flat_map(|b| (0..fingerprints[a].bytes.len()).map(move |shift| (b, shift)))
+            .filter(|&(b, shift)| {
+                let (rest, other) = (&fingerprints[a].bytes[shift..], &fingerprints[b].bytes);
+                (a, 0) != (b, shift) && (rest.starts_with(other) || other.starts_with(rest))
+            })
+            .collect();
+        fingerprints[a].hides = hidden;
+    }
+    fingerprints
+}
+
+/// Where in `keyword` its fingerprint starts: the [`FINGERPRINT_BYTES`] that ordinary text
+/// holds the least, or 0 for a shorter keyword. A byte that repeats the one before it counts as
+/// likely (one in two): runs such as `----` are far more common than their bytes alone say.
+fn fingerprint_at(keyword: &[u8]) -> usize {
+    let likelihood = |piece: &[u8]| {
+        piece
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| match i > 0 && piece[i - 1] == b {
+                true => 0.5,
+                false => ORDINARY_TEXT_BYTES
+                    .get(usize::from(b))
+                    .map_or(0.0, |&n| f64::from(n) / 100_000.0),
+            })
+            .product::<f64>()
+    };
+    (0..=keyword.len().saturating_sub(FINGERPRINT_BYTES))
+        .min_by(|&a, &b| {
+            let piece = |at: usize| &keyword[at..(at + FINGERPRINT_BYTES).min(keyword.len())];
+            likelihood(piece(a)).total_cmp(&likelihood(piece(b)))
+        })
+        .unwrap_or(0)
+}
+
 /// What a Teddy bucket of `keywords` (of at least [`FINGERPRINT_BYTES`] each) costs in ordinary
 /// text: the share of positions that its fingerprint lets through, that is whose first bytes
 /// each have a low and a high nibble of some keyword's byte there, times the check of each of
 /// its keywords that such a position costs.
-fn bucket_cost(keywords: &[&str]) -> f64 {
+fn bucket_cost<K: AsRef<[u8]>>(keywords: &[K]) -> f64 {
     let mut passing = 1.0;
     for k in 0..FINGERPRINT_BYTES {
         let low = keywords
             .iter()
-            .fold(0u16, |m, w| m | 1 << (w.as_bytes()[k] & 15));
+            .fold(0u16, |m, w| m | 1 << (w.as_ref()[k] & 15));
         let high = keywords
             .iter()
-            .fold(0u16, |m, w| m | 1 << (w.as_bytes()[k] >> 4));
+            .fold(0u16, |m, w| m | 1 << (w.as_ref()[k] >> 4));
         let share: u32 = (0..128)
             .filter(|&b| low >> (b & 15) & 1 == 1 && high >> (b >> 4) & 1 == 1)
             .map(|b| ORDINARY_TEXT_BYTES[b])
@@ -717,12 +820,12 @@ fn bucket_cost(keywords: &[&str]) -> f64 {
 /// are left; then keywords move from the largest buckets to the smallest, where it costs the
 /// least (measured in [`KEYWORDS_PER_SEARCHER`]). Even sizes let [`teddy_order`] give Teddy
 /// exactly these buckets.
-fn buckets<'a>(keywords: &[&'a str], count: usize) -> Vec<Vec<&'a str>> {
+fn buckets<K: AsRef<[u8]> + Copy>(keywords: &[K], count: usize) -> Vec<Vec<K>> {
     let count = count.max(1);
     let most = keywords.len().div_ceil(count);
-    let mut buckets: Vec<Vec<&'a str>> = keywords.iter().map(|k| vec![*k]).collect();
+    let mut buckets: Vec<Vec<K>> = keywords.iter().map(|k| vec![*k]).collect();
     let mut cost: Vec<f64> = buckets.iter().map(|b| bucket_cost(b)).collect();
-    let union = |a: &[&'a str], b: &[&'a str]| match a.len() + b.len() <= most {
+    let union = |a: &[K], b: &[K]| match a.len() + b.len() <= most {
         true => bucket_cost(&[a, b].concat()),
         false => f64::INFINITY,
     };
@@ -792,7 +895,7 @@ fn buckets<'a>(keywords: &[&'a str], count: usize) -> Vec<Vec<&'a str>> {
 /// fingerprint's low nibbles are those of an earlier pattern, in that one's bucket). That is
 /// exact when the buckets' sizes differ by one at most, as [`buckets`] makes them; otherwise
 /// Teddy's buckets would differ a little from these, which costs speed, never a match.
-fn teddy_order<'a>(buckets: &[Vec<&'a str>]) -> Vec<&'a str> {
+fn teddy_order<K: Copy>(buckets: &[Vec<K>]) -> Vec<K> {
     let mut buckets = buckets.to_vec();
     // The larger buckets first, so that only the last round of the loop below is short.
     buckets.sort_by_key(|bucket| std::cmp::Reverse(bucket.len()));
@@ -804,37 +907,6 @@ fn teddy_order<'a>(buckets: &[Vec<&'a str>]) -> Vec<&'a str> {
                 .filter_map(move |bucket| bucket.get(depth).copied())
         })
         .collect()
-}
-
-/// For each keyword of one searcher, the rules that its hit enables: its own, and those of
-/// every keyword of the searcher that it may hide. A non-overlapping search reports only one
-/// of overlapping keywords: one inside it (`key` in `api_key`) or one that starts inside it and
-/// goes on (`passw` after `_pass`).
-fn hit_targets(
-    group: &[&str],
-    keyword_ids: &HashMap<String, usize>,
-    keyword_rules: &[Vec<usize>],
-) -> Vec<Option<Vec<usize>>> {
-    group
-        .iter()
-        .map(|keyword| {
-            let mut rules: Vec<usize> = group
-                .iter()
-                .filter(|other| may_hide(keyword, other))
-                .flat_map(|other| keyword_rules[keyword_ids[*other]].iter().copied())
-                .collect();
-            rules.sort_unstable();
-            rules.dedup();
-            Some(rules)
-        })
-        .collect()
-}
-
-/// Whether a hit of `keyword` may hide an occurrence of `other` that starts inside it.
-fn may_hide(keyword: &str, other: &str) -> bool {
-    let (keyword, other) = (keyword.as_bytes(), other.as_bytes());
-    keyword.windows(other.len()).any(|w| w == other)
-        || (1..keyword.len()).any(|i| other.starts_with(&keyword[i..]))
 }
 
 /// Adds a window to a rule's list, merging it with the last one when they overlap or are less
@@ -1495,6 +1567,9 @@ mod tests {
         // Keywords alike in their first bytes cost less together than unlike ones.
         assert!(bucket_cost(&["ghp_", "gho_"]) < bucket_cost(&["ghp_", "xai-"]));
         assert!(bucket_cost(&["passw"]) < bucket_cost(&["passw", "token"]));
+        // A fingerprint avoids runs of one byte, which ordinary text is full of.
+        assert_eq!(fingerprint_at(b"-----begin"), 4);
+        assert_eq!(fingerprint_at(b"xox"), 0);
 
         let keywords = [
             "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "passw", "token", "secret", "xai-", "pmak-",
@@ -1639,11 +1714,26 @@ mod tests {
             redactor.redact_str("x clé=123456 y"),
             "x [REDACTED:cle-api] y"
         );
-        assert!(
-            may_hide("_pass", "passw")
-                && may_hide("api_key", "key")
-                && !may_hide("token", "secret")
+
+        // `_pass` is looked for by its piece `_pas`, `passw` by `assw`: in `_password` a hit of
+        // the first hides the second, which is found all the same, in a short text (the
+        // automaton) and in a long one (Teddy).
+        assert_eq!(&b"_pass"[fingerprint_at(b"_pass")..][..4], b"_pas");
+        assert_eq!(&b"passw"[fingerprint_at(b"passw")..][..4], b"assw");
+        let redactor = only(
+            vec![
+                user_rule("pass-eq", r"_pass\w*=\S+", &["_pass"]),
+                user_rule("passw-colon", r"passw\w*:\S+", &["passw"]),
+            ],
+            &[],
         );
+        let padding = " ".repeat(SMALL_TEXT_BYTES);
+        for text in ["db_password:hunter2".to_string(), format!("db_password:hunter2{padding}")] {
+            assert_eq!(
+                redactor.redact_str(&text),
+                text.replace("password:hunter2", "[REDACTED:passw-colon]")
+            );
+        }
     }
 
     #[test]
