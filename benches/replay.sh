@@ -3,10 +3,18 @@
 # (code of a few KB, outputs from ~100 B to tens of KB, some over 1 MiB), then replays it
 # through classify → blackhole (and classify → redact → blackhole), printing MB/s, events/s
 # and peak memory. Usage: benches/replay.sh [EVENTS] (default 300000, about 0.9 GB).
+#
+# SINKS=blackhole (the default) measures evalsink alone. SINKS=parquet replays into the parquet
+# sink (a local folder), SINKS=default into the default config's sinks (postgres, redis and
+# parquet, after split; a fresh database for every run, at $PG_BASE_URL): the pipeline as it is
+# run, where redaction shares the cores with the sinks' work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 RUNS=${RUNS:-3}
+SINKS=${SINKS:-blackhole}
+PG_BASE=${PG_BASE_URL:-postgres://root@127.0.0.1:5432}
+DB=evalsink_bench_replay
 cargo build --release --quiet
 BIN=target/release/evalsink
 WORK=${BENCH_DIR:-target/bench}
@@ -19,16 +27,35 @@ BYTES=$(stat -L -c %s "$FILE")
 echo "input: $FILE, $EVENTS events, $((BYTES / 1000000)) MB"
 
 config() { # $1 = transforms chain ("classify" or "classify redact")
-  local prev=replay out="$WORK/bench-$(echo "$1" | tr ' ' '-').toml"
+  local chain=$1 prev=replay out="$WORK/bench-$SINKS-$(echo "$1" | tr ' ' '-').toml"
+  [ "$SINKS" = default ] && chain="$chain split"
   { echo "data_dir = \"$WORK/data\""; echo '[sources.replay]'; echo 'type = "stdin"'
-    for t in $1; do printf '[transforms.%s]\ntype = "%s"\ninputs = ["%s"]\n' "$t" "$t" "$prev"; prev=$t; done
-    printf '[sinks.blackhole]\ntype = "blackhole"\ninputs = ["%s"]\n' "$prev"; } > "$out"
+    for t in $chain; do printf '[transforms.%s]\ntype = "%s"\ninputs = ["%s"]\n' "$t" "$t" "$prev"; prev=$t; done
+    [ "$SINKS" = default ] && printf 'store = "file://%s/data"\n' "$WORK"
+    case $SINKS in
+      blackhole) printf '[sinks.blackhole]\ntype = "blackhole"\ninputs = ["%s"]\n' "$prev" ;;
+      parquet) printf '[sinks.parquet]\ntype = "parquet"\ninputs = ["%s"]\nstore = "file://%s/data"\n' "$prev" "$WORK" ;;
+      default)
+        printf '[sinks.postgres]\ntype = "postgres"\ninputs = ["%s"]\nendpoint = "%s/%s"\n' "$prev" "$PG_BASE" "$DB"
+        printf '[sinks.redis]\ntype = "redis"\ninputs = ["%s"]\nendpoint = "%s"\nkey_prefix = "evalsink-bench:"\n' "$prev" "${REDIS_URL:-redis://127.0.0.1:6379}"
+        printf '[sinks.parquet]\ntype = "parquet"\ninputs = ["%s"]\nstore = "file://%s/data"\n' "$prev" "$WORK" ;;
+      *) echo "SINKS is blackhole, parquet or default, not $SINKS" >&2; exit 2 ;;
+    esac; } > "$out"
   echo "$out"
+}
+# Every run starts from nothing stored: no database, no objects, no files.
+fresh() {
+  rm -rf "$WORK/data"
+  if [ "$SINKS" = default ]; then
+    psql -X -q -v ON_ERROR_STOP=1 "$PG_BASE/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+    "$BIN" migrate --database-url "$PG_BASE/$DB" >/dev/null 2>&1
+  fi
 }
 
 # One run: wall rate, CPU rate and peak RSS; the rate is appended to $WORK/rates-<label>.
 run_once() { # $1 = label, $2 = config
   local secs user sys rss
+  fresh
   # Wall time, and user+sys CPU time (steadier than wall time when the machine is busy).
   /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S %M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
   read -r secs user sys rss < <(tail -n1 "$WORK/time.txt")
@@ -53,5 +80,5 @@ for label in classify classify+redact; do
     "$(median_of "$WORK/rates-$label")" "$(median_of "$WORK/cpu-rates-$label")"
 done
 a=$(median_of "$WORK/rates-classify"); b=$(median_of "$WORK/rates-classify+redact")
-printf 'redaction costs %.1f%% of the throughput (load average %s)\n' "$(echo "(1 - $b / $a) * 100" | bc -l)" \
+printf "redaction costs %.1f%% of the throughput into $SINKS (load average %s)\n" "$(echo "(1 - $b / $a) * 100" | bc -l)" \
   "$(cut -d' ' -f1 /proc/loadavg)"
