@@ -59,11 +59,13 @@ run_once() { # $1 = label, $2 = config
   # Wall time, and user+sys CPU time (steadier than wall time when the machine is busy).
   /usr/bin/time -o "$WORK/time.txt" -f '%e %U %S %M' "$BIN" replay --no-progress -c "$2" "$FILE" >/dev/null 2>&1
   read -r secs user sys rss < <(tail -n1 "$WORK/time.txt")
-  echo "$BYTES / $secs / 1000000" | bc -l >>"$WORK/rates-$1"
-  echo "$BYTES / ($user + $sys) / 1000000" | bc -l >>"$WORK/cpu-rates-$1"
+  local rate cpu_rate
+  rate=$(echo "$BYTES / $secs / 1000000" | bc -l)
+  cpu_rate=$(echo "$BYTES / ($user + $sys) / 1000000" | bc -l)
+  echo "$rate" >>"$WORK/rates-$1"
+  echo "$cpu_rate" >>"$WORK/cpu-rates-$1"
   printf '  %-22s %7.1f MB/s %9.0f events/s  %7.1f MB per CPU-second  peak RSS %6.1f MiB\n' "$1" \
-    "$(echo "$BYTES / $secs / 1000000" | bc -l)" "$(echo "$EVENTS / $secs" | bc -l)" \
-    "$(tail -n1 "$WORK/cpu-rates-$1")" "$(echo "$rss / 1024" | bc -l)"
+    "$rate" "$(echo "$EVENTS / $secs" | bc -l)" "$cpu_rate" "$(echo "$rss / 1024" | bc -l)"
 }
 median_of() { sort -g "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

@@ -4,8 +4,7 @@
 //!
 //! Every edge holds at most [`QUEUE_BATCHES`] batches of at most about
 //! [`crate::sources::CHUNK_BYTES`] of input each (a single line may be up to `max_line_bytes`),
-//! and each source's decoding and each transform works on at most two batches per core at once
-//! (one more than a core can take, so that a slow batch does not leave the core idle).
+//! and each source's decoding and each transform works on at most [`batches_in_flight`] at once.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +32,12 @@ use crate::transforms::redact::Redactor;
 
 /// Batches waiting on one edge of the graph.
 pub const QUEUE_BATCHES: usize = 4;
+
+/// How many batches a source's decoding, or a transform, works on at once: two per core, one
+/// more than a core can take, so that a slow batch does not leave the core idle.
+pub fn batches_in_flight() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 /// The senders to every component downstream of one component. Sending shares the batch
 /// (`Arc`) and waits while any downstream queue is full.
@@ -276,7 +281,6 @@ async fn run_transform(
     dead_letters: DeadLetters,
     stats: Arc<Stats>,
 ) {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let counters = stats.component(&name);
     let batches =
         futures_util::stream::unfold(
@@ -292,7 +296,7 @@ async fn run_transform(
                     .await
             }
         })
-        .buffered(workers * 2);
+        .buffered(batches_in_flight());
     futures_util::pin_mut!(batches);
     while let Some(batch) = batches.next().await {
         if batch.events.is_empty() {

@@ -112,7 +112,6 @@ pub async fn pump<S>(
 where
     S: Stream<Item = io::Result<Frame>> + Send,
 {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let counters = ctx.stats.component(&ctx.name);
     let decoded = frames
         .take_until(ctx.shutdown.clone().cancelled_owned())
@@ -125,7 +124,7 @@ where
                     .map_err(io::Error::other)
             }
         })
-        .buffered(workers * 2);
+        .buffered(crate::topology::batches_in_flight());
     futures_util::pin_mut!(decoded);
     while let Some(frame) = decoded.next().await {
         let DecodedFrame {

@@ -3,13 +3,14 @@
 //! Rules are data (`transforms/redaction.toml` plus a pipeline's own `rules`): a regex, and
 //! keywords, of which every match contains one. How a text is searched:
 //!
-//! 1. The text is lowercased (ASCII, which keeps every byte offset) and searched once for all
-//!    keywords, by a few searchers of at most [`KEYWORDS_PER_SEARCHER`] keywords each: few
-//!    enough for Teddy, the SIMD searcher of aho-corasick, whose buckets are chosen from the
-//!    byte frequencies of ordinary text so that few positions need a check. A text shorter
-//!    than [`SMALL_TEXT_BYTES`] (most strings of an event: ids, names, times) is searched by
-//!    one automaton over all keywords instead.
-//! 2. Each hit gives each of its rules a window where a match containing the hit must lie: as
+//! 1. The text is lowercased (ASCII, which keeps every byte offset) and searched once for the
+//!    keywords' fingerprints (a rare piece of each), by a few searchers of at most
+//!    [`KEYWORDS_PER_SEARCHER`] each: few enough for Teddy, the SIMD searcher of aho-corasick,
+//!    whose buckets are chosen from the byte frequencies of ordinary text so that few positions
+//!    need a check. A text shorter than [`SMALL_TEXT_BYTES`] (most strings of an event: ids,
+//!    names, times) is searched by one automaton over all fingerprints instead. A hit is
+//!    checked against the whole keywords around it.
+//! 2. Each keyword found gives each of its rules a window where a match containing the hit must lie: as
 //!    far on each side as the rule's longest possible match, computed from its pattern (see
 //!    [`shape`]), and only the hit's line when the pattern cannot match a line feed. A rule whose
 //!    matches are unbounded and may span lines gets the whole text.
@@ -195,8 +196,8 @@ struct Rule {
 #[derive(Clone)]
 pub struct Redactor {
     rules: Vec<Rule>,
-    /// The lowercase keywords of all rules, each with the rules it enables.
-    keywords: Vec<(String, Vec<usize>)>,
+    /// The lowercase keywords of all rules.
+    keywords: Vec<Keyword>,
     /// The keywords' distinct fingerprints (see [`KEYWORDS_PER_SEARCHER`]).
     fingerprints: Vec<Fingerprint>,
     /// Searchers over the fingerprints: at [`MARKER_SEARCHER`] the lowercase [`MARKER_PREFIX`]
@@ -212,6 +213,13 @@ pub struct Redactor {
     always: Vec<usize>,
     /// Each allow pattern anchored at both ends, matched against the text to be replaced.
     allow: Option<RegexSet>,
+}
+
+/// A lowercase keyword and the rules it enables.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Keyword {
+    text: String,
+    rules: Vec<usize>,
 }
 
 /// A piece of one or more keywords that the searchers look for.
@@ -336,9 +344,12 @@ impl Redactor {
             });
         }
 
-        let mut keywords: Vec<(String, Vec<usize>)> = keyword_ids
+        let mut keywords: Vec<Keyword> = keyword_ids
             .into_iter()
-            .map(|(keyword, id)| (keyword, std::mem::take(&mut keyword_rules[id])))
+            .map(|(text, id)| Keyword {
+                text,
+                rules: std::mem::take(&mut keyword_rules[id]),
+            })
             .collect();
         keywords.sort_unstable();
         let fingerprints = fingerprints(&keywords);
@@ -392,7 +403,7 @@ impl Redactor {
             rules,
             min_keyword_len: keywords
                 .iter()
-                .map(|k| k.0.len())
+                .map(|k| k.text.len())
                 .min()
                 .unwrap_or(usize::MAX),
             keywords,
@@ -495,11 +506,11 @@ impl Redactor {
             searcher.for_each_hit(bytes, |hit| {
                 let found = searched[hit.pattern().as_usize()];
                 for (keyword, at) in self.keywords_at(bytes, found, hit.start()) {
-                    let keyword_end = at + keyword.0.len();
+                    let keyword_end = at + keyword.text.len();
                     if windows.is_empty() {
                         windows.resize(self.rules.len(), Vec::new());
                     }
-                    for &rule in &keyword.1 {
+                    for &rule in &keyword.rules {
                         let shape = self.rules[rule].shape;
                         let (mut start, mut end) = match shape.max_len {
                             Some(n) => (
@@ -584,7 +595,7 @@ impl Redactor {
         bytes: &'a [u8],
         found: usize,
         place: usize,
-    ) -> impl Iterator<Item = (&'a (String, Vec<usize>), usize)> + 'a {
+    ) -> impl Iterator<Item = (&'a Keyword, usize)> + 'a {
         std::iter::once((found, 0))
             .chain(self.fingerprints[found].hides.iter().copied())
             .flat_map(move |(f, shift)| {
@@ -595,7 +606,7 @@ impl Redactor {
             })
             .filter_map(|(id, at)| {
                 let (keyword, at) = (&self.keywords[id], at?);
-                (bytes.get(at..at + keyword.0.len()) == Some(keyword.0.as_bytes()))
+                (bytes.get(at..at + keyword.text.len()) == Some(keyword.text.as_bytes()))
                     .then_some((keyword, at))
             })
     }
@@ -740,11 +751,12 @@ const ORDINARY_TEXT_BYTES: [u32; 128] = [
 ];
 
 /// The distinct fingerprints of `keywords` (see [`KEYWORDS_PER_SEARCHER`]), sorted.
-fn fingerprints(keywords: &[(String, Vec<usize>)]) -> Vec<Fingerprint> {
+fn fingerprints(keywords: &[Keyword]) -> Vec<Fingerprint> {
     let mut fingerprints: Vec<Fingerprint> = Vec::new();
-    for (id, (keyword, _)) in keywords.iter().enumerate() {
-        let at = fingerprint_at(keyword.as_bytes());
-        let bytes = &keyword.as_bytes()[at..(at + FINGERPRINT_BYTES).min(keyword.len())];
+    for (id, keyword) in keywords.iter().enumerate() {
+        let keyword = keyword.text.as_bytes();
+        let at = fingerprint_at(keyword);
+        let bytes = &keyword[at..(at + FINGERPRINT_BYTES).min(keyword.len())];
         match fingerprints.iter_mut().find(|f| f.bytes == bytes) {
             Some(f) => f.holders.push((id, at)),
             None => fingerprints.push(Fingerprint {
@@ -769,37 +781,28 @@ fn fingerprints(keywords: &[(String, Vec<usize>)]) -> Vec<Fingerprint> {
     fingerprints
 }
 
-/// Where in `keyword` its fingerprint starts: the [`FINGERPRINT_BYTES`] that ordinary text
-/// holds the least, or 0 for a shorter keyword. A byte that repeats the one before it counts as
-/// likely (one in two): runs such as `----` are far more common than their bytes alone say.
+/// Where in `keyword` its fingerprint starts: the [`FINGERPRINT_BYTES`] that cost the least as
+/// a bucket of their own ([`bucket_cost`]), or 0 for a shorter keyword.
 fn fingerprint_at(keyword: &[u8]) -> usize {
-    let likelihood = |piece: &[u8]| {
-        piece
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| match i > 0 && piece[i - 1] == b {
-                true => 0.5,
-                false => ORDINARY_TEXT_BYTES
-                    .get(usize::from(b))
-                    .map_or(0.0, |&n| f64::from(n) / 100_000.0),
-            })
-            .product::<f64>()
-    };
+    let cost = |at: usize| bucket_cost(&[&keyword[at..at + FINGERPRINT_BYTES]]);
     (0..=keyword.len().saturating_sub(FINGERPRINT_BYTES))
-        .min_by(|&a, &b| {
-            let piece = |at: usize| &keyword[at..(at + FINGERPRINT_BYTES).min(keyword.len())];
-            likelihood(piece(a)).total_cmp(&likelihood(piece(b)))
-        })
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
         .unwrap_or(0)
 }
 
 /// What a Teddy bucket of `keywords` (of at least [`FINGERPRINT_BYTES`] each) costs in ordinary
 /// text: the share of positions that its fingerprint lets through, that is whose first bytes
 /// each have a low and a high nibble of some keyword's byte there, times the check of each of
-/// its keywords that such a position costs.
+/// its keywords that such a position costs. Where every keyword repeats the byte before, half
+/// of the positions that got so far pass: runs such as `----` are far more common than their
+/// bytes alone say.
 fn bucket_cost<K: AsRef<[u8]>>(keywords: &[K]) -> f64 {
     let mut passing = 1.0;
     for k in 0..FINGERPRINT_BYTES {
+        if k > 0 && keywords.iter().all(|w| w.as_ref()[k] == w.as_ref()[k - 1]) {
+            passing *= 0.5;
+            continue;
+        }
         let low = keywords
             .iter()
             .fold(0u16, |m, w| m | 1 << (w.as_ref()[k] & 15));
