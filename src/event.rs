@@ -136,6 +136,17 @@ impl Body {
         }
     }
 
+    /// The typed text field called `name` (`code`, `output`, `error`, `traceback`).
+    pub fn string_field(&self, name: &str) -> Option<&str> {
+        match (self, name) {
+            (Body::EvaluationQueued { code, .. }, "code") => Some(code),
+            (Body::EvaluationCompleted { output, .. }, "output") => Some(output),
+            (Body::EvaluationFailed { error, .. }, "error") => Some(error),
+            (Body::EvaluationFailed { traceback, .. }, "traceback") => Some(traceback),
+            _ => None,
+        }
+    }
+
     /// The top-level string field called `name`, for transforms that are configured by field
     /// name (split). Nested values and extra fields are reached through [`Event::strings_mut`].
     pub fn string_field_mut(&mut self, name: &str) -> Option<&mut String> {
@@ -190,6 +201,13 @@ impl Event {
 
     pub fn eval_id(&self) -> Option<&str> {
         self.body.eval_id()
+    }
+
+    /// The top-level string field called `name`, typed or extra.
+    pub fn string_field(&self, name: &str) -> Option<&str> {
+        self.body
+            .string_field(name)
+            .or_else(|| self.extra.get(name).and_then(Value::as_str))
     }
 
     /// The stored-field record for `field`, when split moved it out.

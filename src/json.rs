@@ -21,6 +21,12 @@ pub enum Nul {
 /// the typed fields, then the extra fields; a field that split moved out is written as
 /// `{"ref", "size", "sha256", "preview"}`.
 pub fn write_event(out: &mut Vec<u8>, event: &Event, nul: Nul) {
+    write_event_without(out, event, nul, &[]);
+}
+
+/// As [`write_event`], but leaves out the top-level string fields named in `left_out` (those
+/// that split did not move out: a moved field is written as its reference).
+pub fn write_event_without(out: &mut Vec<u8>, event: &Event, nul: Nul, left_out: &[&str]) {
     let mut w = Writer {
         out,
         nul,
@@ -34,6 +40,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, nul: Nul) {
         w.str_field("tenant_id", tenant);
     }
     let text = |w: &mut Writer, field: &str, value: &str| match event.stored(field) {
+        None if left_out.contains(&field) => {}
         None => w.str_field(field, value),
         Some(stored) => {
             w.key(field);

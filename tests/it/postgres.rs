@@ -320,6 +320,22 @@ fn replay_stores_every_table_and_a_second_replay_changes_nothing() {
             assert_eq!(payload["output"], v["output"]);
             assert_eq!(payload["eval_id"], v["eval_id"]);
         }
+        // Every payload is the whole event, its long texts (code, output, error, traceback)
+        // included: the server joins them to the rest of the payload.
+        let payloads: BTreeMap<String, Value> =
+            sqlx::query_as::<_, (String, Value)>("SELECT event_id, payload FROM events")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let redactor = evalsink::transforms::redact::Redactor::builtin();
+        for v in &good {
+            let event = decode_line(v.to_string().as_bytes(), Utc::now()).unwrap();
+            let mut expected = Value::Object(event.to_json());
+            redactor.redact_value(&mut expected);
+            assert_eq!(payloads[&event.id], expected, "{}", event.id);
+        }
         let before: Vec<_> = [
             snapshot(&pool, "events", &[]).await,
             snapshot(&pool, "evaluations", &[]).await,
@@ -379,7 +395,7 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
         format!(r#"{{"type":"QUEUE_METRICS","event_id":"{long_id}","queue_length":1,"processing_count":1}}"#),
     );
     // Strings PostgreSQL does not take as they are, but that are valid JSON: stored anyway.
-    lines.push(r#"{"type":"EVALUATION_QUEUED","event_id":"nul","eval_id":"e-nul","code":"a\u0000b","language":"py\u0000","engine":"e","timeout":1,"metadata":{"k\u0000":"\u0000"},"extra":"\\u0000 and ✓ 😀"}"#.into());
+    lines.push(r#"{"type":"EVALUATION_QUEUED","event_id":"nul","eval_id":"e-nul","code":"a\u0000b","language":"py\u0000","engine":"e","timeout":1,"metadata":{"k\u0000":"\u0000"},"extra":"\\u0000 and ✓ 😀","output":"x\u0000y"}"#.into());
     let input = lines.join("\n");
     replay(&cfg, input.as_bytes(), dir.path());
     block_on(async {
@@ -398,6 +414,8 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
                 .unwrap();
         assert_eq!(payload["metadata"]["k\\u0000"], "\\u0000");
         assert_eq!(payload["extra"], "\\u0000 and ✓ 😀");
+        assert_eq!(payload["code"], "a\\u0000b");
+        assert_eq!(payload["output"], "x\\u0000y", "an extra text field");
     });
     let dead = dead_letters(&dir.path().join("data/dead-letter"));
     assert_eq!(dead.len(), 1, "{dead:#?}");

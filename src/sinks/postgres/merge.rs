@@ -24,7 +24,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::rows::{json_text, pg_text};
+use super::rows::{json_text, pg_text, unnest_rows};
 use crate::event::{Body, Event};
 
 /// The key that orders the events of one stage: fixed-width UTC time, then the event id, so
@@ -350,11 +350,6 @@ const PARAMETERS: &[(&str, &str)] = &[
 /// The merge of a batch's records into the stored rows, as one statement over column arrays.
 pub static UPSERT: LazyLock<String> = LazyLock::new(|| {
     let names: Vec<&str> = PARAMETERS.iter().map(|(n, _)| *n).collect();
-    let unnest: Vec<String> = PARAMETERS
-        .iter()
-        .enumerate()
-        .map(|(i, (_, t))| format!("${}::{t}[]", i + 1))
-        .collect();
     let select: Vec<String> = names
         .iter()
         .map(|n| match *n {
@@ -391,12 +386,12 @@ pub static UPSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO evaluations AS e ({names})\n\
          SELECT {select}\n\
-         FROM unnest({unnest}) AS t({names})\n\
+         FROM ({rows}) AS t\n\
          ON CONFLICT (eval_id) DO UPDATE SET\n    {set}\n\
          WHERE {changed}",
         names = names.join(", "),
         select = select.join(", "),
-        unnest = unnest.join(", "),
+        rows = unnest_rows(PARAMETERS),
         set = set.join(",\n    "),
         changed = changed.join("\n   OR "),
     )

@@ -3,8 +3,7 @@
 //! `security_audit` and `security_events`. A write is acknowledged once every transaction it
 //! made has committed; the rows of `evaluations` it committed then go to the Redis cache.
 //!
-//! A write is set-based (see [`tables`]): `events` rows go in with binary `COPY`, the other
-//! tables with one statement over column arrays each. Several writes are in the server at once,
+//! A write is set-based (see [`tables`]): one statement over column arrays per table. Several writes are in the server at once,
 //! each in a task of its own. Events the server refuses for their data are found by bisection
 //! and go to the dead letters with the server's error; the rest are stored. A lost connection
 //! or a server restart is retried with backoff while the pipeline waits.
@@ -34,7 +33,7 @@ use super::redis::redacted_url;
 use super::{BatchConfig, Retry, Sink, SinkContext, SinkError, Written, dead_letter_all};
 use crate::event::{Batch, Event, Route, Routes};
 use merge::merge_evaluations;
-use rows::CopyRows;
+use rows::EventColumns;
 use tables::{
     Failure, SecurityTable, has_code, read_cache_rows, write_evaluations, write_events,
     write_security,
@@ -171,7 +170,10 @@ pub async fn connect_pool(endpoint: &str, size: u32) -> Result<PgPool, PostgresS
         })?
         // Statements carry event data in their parameters only, but they are long: keep them
         // out of the logs.
-        .disable_statement_logging();
+        .disable_statement_logging()
+        // The statements carry their rows in array parameters of megabytes: a custom plan
+        // copies every array into the plan, each time.
+        .options([("plan_cache_mode", "force_generic_plan")]);
     let open = || {
         PgPoolOptions::new()
             .max_connections(size)
@@ -398,11 +400,7 @@ impl Writer {
         for record in merge_evaluations(lifecycle.iter().map(|&i| (i, flat.events[i]))) {
             lanes[lane_of(record.eval_id)].push(record);
         }
-        let bytes = events.iter().map(|&i| flat.events[i].size).sum();
-        let mut rows = CopyRows::with_capacity(events.len(), bytes);
-        for &i in &events {
-            rows.push(flat.events[i]);
-        }
+        let rows = EventColumns::new(events.iter().map(|&i| flat.events[i]));
         let mut progress = Progress {
             evaluations: vec![None; EVALUATION_LANES],
             ..Progress::default()
@@ -411,7 +409,7 @@ impl Writer {
         loop {
             let outcome = futures_util::join!(
                 once(&mut progress.events, || write_events(
-                    &self.pool, &flat, &events, &rows
+                    &self.pool, &events, &rows
                 )),
                 once(&mut progress.audit, || write_security(
                     &self.pool,

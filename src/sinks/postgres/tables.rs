@@ -1,17 +1,18 @@
-//! The statements of a write, one table at a time, and what their errors mean: `events` by
-//! binary `COPY`, the other tables by one statement over column arrays; rows the server refuses
-//! for their data are found by bisection.
+//! The statements of a write, one table at a time, and what their errors mean: each table by
+//! one statement over column arrays; rows the server refuses for their data are found by
+//! bisection.
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::Flat;
 use super::merge::{self, EvalColumns, UPSERT};
-use super::rows::{CopyRows, EVENTS_COPY, json_text, pg_text};
+use super::rows::{EVENTS_INSERT, EventColumns, json_text, pg_text, unnest_rows};
 use crate::event::{Body, Event};
 use crate::sinks::SinkError;
 use crate::sinks::evaluation::EvalRow;
@@ -92,125 +93,37 @@ where
     Ok(refused)
 }
 
-/// Stores the events at `positions` in `events`; returns the refused ones (positions in the
-/// write) with the server's error.
+/// Stores the events of `columns` (the events at `positions` in the write) in `events`, skipping
+/// those already stored; returns the refused ones (positions in the write) with the server's
+/// error.
 pub(super) async fn write_events(
     pool: &PgPool,
-    flat: &Flat<'_>,
     positions: &[usize],
-    rows: &CopyRows,
+    columns: &EventColumns<'_>,
 ) -> Result<Vec<(usize, String)>, SinkError> {
-    if positions.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Cow<str>> = positions
-        .iter()
-        .map(|&i| pg_text(&flat.events[i].id))
-        .collect();
-    let ids = &ids;
-    let refused = bisect(positions.len(), |range| {
-        copy_events(pool, rows, ids, range, flat, positions)
+    let c = columns;
+    let refused = bisect(c.len(), |r: Range<usize>| async move {
+        // One statement, so one transaction without BEGIN and COMMIT round trips.
+        sqlx::query(EVENTS_INSERT.as_str())
+            .bind(&c.id[r.clone()])
+            .bind(&c.kind[r.clone()])
+            .bind(&c.ts[r.clone()])
+            .bind(&c.eval_id[r.clone()])
+            .bind(&c.tenant_id[r.clone()])
+            .bind(&c.rest[r.clone()])
+            .bind(&c.texts[0][r.clone()])
+            .bind(&c.texts[1][r.clone()])
+            .bind(&c.texts[2][r.clone()])
+            .bind(&c.texts[3][r.clone()])
+            .execute(pool)
+            .await?;
+        Ok(())
     })
     .await?;
     Ok(refused
         .into_iter()
         .map(|(r, m)| (positions[r], m))
         .collect())
-}
-
-/// One transaction: the rows of `range` that are not stored yet, by `COPY`. When another
-/// writer stores one of them meanwhile, falls back to `INSERT ... ON CONFLICT DO NOTHING`.
-async fn copy_events(
-    pool: &PgPool,
-    rows: &CopyRows,
-    ids: &[Cow<'_, str>],
-    range: Range<usize>,
-    flat: &Flat<'_>,
-    positions: &[usize],
-) -> Result<(), Failure> {
-    let mut tx = pool.begin().await?;
-    let stored: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
-            .bind(&ids[range.clone()])
-            .fetch_all(&mut *tx)
-            .await?;
-    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
-    let new: Vec<usize> = range
-        .clone()
-        .filter(|&r| !stored.contains(ids[r].as_ref()))
-        .collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    let copied = async {
-        let mut copy = tx.copy_in_raw(EVENTS_COPY).await?;
-        rows.send(&mut copy, &new).await?;
-        copy.finish().await
-    }
-    .await;
-    match copied {
-        Ok(_) => {}
-        Err(e) if has_code(&e, "23505") => {
-            tx.rollback().await?;
-            let mut tx = pool.begin().await?;
-            insert_events(&mut tx, &new, flat, positions).await?;
-            tx.commit().await?;
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// The slow path of [`copy_events`]: one statement that skips what is stored.
-async fn insert_events(
-    tx: &mut sqlx::PgConnection,
-    rows: &[usize],
-    flat: &Flat<'_>,
-    positions: &[usize],
-) -> Result<(), Failure> {
-    let events: Vec<&Event> = rows.iter().map(|&r| flat.events[positions[r]]).collect();
-    sqlx::query(
-        "INSERT INTO events (event_id, type, ts, eval_id, tenant_id, payload) \
-         SELECT id, type, ts, eval_id, tenant_id, payload::jsonb \
-         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[]) \
-             AS t(id, type, ts, eval_id, tenant_id, payload) \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(events.iter().map(|e| pg_text(&e.id)).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.event_type().as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.ts).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.eval_id().map(pg_text))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.tenant_id.as_deref().map(pg_text))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| {
-                let mut text = Vec::new();
-                crate::json::write_event(&mut text, e, crate::json::Nul::AsText);
-                String::from_utf8(text).expect("JSON is UTF-8")
-            })
-            .collect::<Vec<_>>(),
-    )
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 /// Merges `records` into `evaluations`; returns the events of the refused records (positions
@@ -271,6 +184,46 @@ pub(super) enum SecurityTable {
     Events,
 }
 
+impl SecurityTable {
+    /// The statement that inserts rows from the column arrays of [`write_security`], skipping
+    /// stored event_ids.
+    fn insert(self) -> &'static str {
+        fn statement(table: &str, columns: &str, values: &str) -> String {
+            let rows = unnest_rows(&[
+                ("id", "text"),
+                ("c", "text"),
+                ("s", "text"),
+                ("i", "text"),
+                ("o", "text"),
+                ("ts", "timestamptz"),
+                ("t", "text"),
+            ]);
+            format!(
+                "INSERT INTO {table} ({columns}) SELECT {values} FROM ({rows}) AS x \
+                 ON CONFLICT (event_id) DO NOTHING"
+            )
+        }
+        static AUDIT: LazyLock<String> = LazyLock::new(|| {
+            statement(
+                "security_audit",
+                "event_id, container_id, eval_id, image, limits, ts, tenant_id",
+                "id, c, s, i, o::jsonb, ts, t",
+            )
+        });
+        static EVENTS: LazyLock<String> = LazyLock::new(|| {
+            statement(
+                "security_events",
+                "event_id, container_id, violation_type, details, ts, tenant_id",
+                "id, c, s, o::jsonb, ts, t",
+            )
+        });
+        match self {
+            SecurityTable::Audit => &AUDIT,
+            SecurityTable::Events => &EVENTS,
+        }
+    }
+}
+
 /// Inserts the events at `positions` into a security table, skipping stored ones.
 pub(super) async fn write_security(
     pool: &PgPool,
@@ -315,22 +268,7 @@ pub(super) async fn write_security(
         objects.push(json_text(object));
     }
     let ts: Vec<_> = events.iter().map(|e| e.ts).collect();
-    let sql = match table {
-        SecurityTable::Audit => {
-            "INSERT INTO security_audit (event_id, container_id, eval_id, image, limits, ts, tenant_id) \
-             SELECT id, c, s, i, o::jsonb, ts, t \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
-                 AS x(id, c, s, i, o, ts, t) \
-             ON CONFLICT (event_id) DO NOTHING"
-        }
-        SecurityTable::Events => {
-            "INSERT INTO security_events (event_id, container_id, violation_type, details, ts, tenant_id) \
-             SELECT id, c, s, o::jsonb, ts, t \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
-                 AS x(id, c, s, i, o, ts, t) \
-             ON CONFLICT (event_id) DO NOTHING"
-        }
-    };
+    let sql = table.insert();
     let (cols, objects, ts) = (&cols, &objects, &ts);
     let refused = bisect(events.len(), |r: Range<usize>| async move {
         let mut tx = pool.begin().await?;
