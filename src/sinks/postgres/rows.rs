@@ -19,7 +19,7 @@ const NUL_REPLACEMENT: &str = "\\u0000";
 
 /// `s` as PostgreSQL accepts it in a `text` column.
 pub fn pg_text(s: &str) -> Cow<'_, str> {
-    if s.contains('\0') {
+    if memchr::memchr(0, s.as_bytes()).is_some() {
         Cow::Owned(s.replace('\0', NUL_REPLACEMENT))
     } else {
         Cow::Borrowed(s)
