@@ -178,6 +178,7 @@ async fn run_graph(
         };
         let immediate = BatchConfig {
             max_events: 10_000,
+            max_bytes: crate::sinks::DEFAULT_BATCH_MAX_BYTES,
             timeout_secs: 0.0,
         };
         let task = match &sink.config {

@@ -24,21 +24,29 @@ use crate::event::{Batch, Event};
 use crate::stats::Stats;
 use dead_letter::{DeadLetter, DeadLetters, Reason};
 
-/// `batch.max_events` and `batch.timeout_secs`, as in Vector.
+/// `batch.max_events`, `batch.max_bytes` and `batch.timeout_secs`, as in Vector.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one write.
     pub max_events: usize,
+    /// A write takes no more batches once it holds this many bytes of input: this bounds the
+    /// memory of the writes in flight, and the size of a statement or request, whatever the
+    /// size of the events.
+    pub max_bytes: usize,
     /// Longest wait for a write to fill up, in seconds.
     pub timeout_secs: f64,
 }
 
-/// The `batch` keys as written: either may be left out.
+/// `batch.max_bytes` unless a sink or its config says otherwise.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 32 << 20;
+
+/// The `batch` keys as written: any may be left out.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchKeys {
     max_events: Option<usize>,
+    max_bytes: Option<usize>,
     timeout_secs: Option<f64>,
 }
 
@@ -52,6 +60,7 @@ impl BatchConfig {
         let keys = BatchKeys::deserialize(d)?;
         Ok(BatchConfig {
             max_events: keys.max_events.unwrap_or(defaults.max_events),
+            max_bytes: keys.max_bytes.unwrap_or(defaults.max_bytes),
             timeout_secs: keys.timeout_secs.unwrap_or(defaults.timeout_secs),
         })
     }
@@ -60,6 +69,9 @@ impl BatchConfig {
         let mut problems = Vec::new();
         if self.max_events == 0 {
             problems.push(("batch.max_events".into(), "must be at least 1".into()));
+        }
+        if self.max_bytes == 0 {
+            problems.push(("batch.max_bytes".into(), "must be at least 1".into()));
         }
         if !(self.timeout_secs >= 0.0 && self.timeout_secs < 86_400.0) {
             problems.push((
@@ -141,15 +153,17 @@ pub async fn drive<S: Sink>(mut sink: S, mut input: mpsc::Receiver<Arc<Batch>>, 
             }
         };
         let mut events = first.events.len();
+        let mut bytes = first.bytes();
         let mut pending = vec![first];
         let deadline = Instant::now() + timeout;
         let mut closed = false;
-        while events < ctx.batch.max_events {
+        while events < ctx.batch.max_events && bytes < ctx.batch.max_bytes {
             tokio::select! {
                 biased;
                 batch = input.recv() => match batch {
                     Some(b) => {
                         events += b.events.len();
+                        bytes += b.bytes();
                         pending.push(b);
                     }
                     None => {
@@ -263,5 +277,80 @@ pub async fn dead_letter_all(
             );
             ctx.dead_letters.send(letter.with_ack(&batch.ack)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Ack;
+    use std::sync::Mutex;
+
+    /// Records the events of each write.
+    struct Recorder(Arc<Mutex<Vec<usize>>>);
+
+    impl Sink for Recorder {
+        fn accepts(&self, _: &Event) -> bool {
+            true
+        }
+
+        async fn write(&mut self, batches: &[Arc<Batch>]) -> Result<Written, SinkError> {
+            let events = batches.iter().map(|b| b.events.len()).sum();
+            self.0.lock().unwrap().push(events);
+            Ok(Written::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_holds_at_most_max_events_and_about_max_bytes() {
+        let line = br#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":0}"#;
+        let event = crate::decode::decode_line(line, chrono::Utc::now()).unwrap();
+        let size = event.size;
+        let (tx, rx) = mpsc::channel(100);
+        for _ in 0..20 {
+            // Batches of 3 events.
+            let batch = Batch::new(vec![event.clone(); 3], Ack::none());
+            tx.send(Arc::new(batch)).await.unwrap();
+        }
+        drop(tx);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let redactor = Arc::new(crate::transforms::redact::Redactor::builtin().clone());
+        let (dead_letters, thread) =
+            dead_letter::spawn(dir.path().to_path_buf(), redactor, stats.clone());
+        let ctx = SinkContext {
+            name: "recorder".into(),
+            // Two batches reach 6 events, over 5 events' bytes: the write stops there.
+            batch: BatchConfig {
+                max_events: 100,
+                max_bytes: 5 * size,
+                timeout_secs: 10.0,
+            },
+            dead_letters,
+            stats,
+        };
+        drive(Recorder(writes.clone()), rx, ctx.clone()).await;
+        assert_eq!(*writes.lock().unwrap(), vec![6; 10]);
+
+        let (tx, rx) = mpsc::channel(100);
+        for _ in 0..4 {
+            tx.send(Arc::new(Batch::new(vec![event.clone(); 3], Ack::none())))
+                .await
+                .unwrap();
+        }
+        drop(tx);
+        writes.lock().unwrap().clear();
+        let ctx = SinkContext {
+            batch: BatchConfig {
+                max_events: 7,
+                max_bytes: DEFAULT_BATCH_MAX_BYTES,
+                timeout_secs: 10.0,
+            },
+            ..ctx
+        };
+        drive(Recorder(writes.clone()), rx, ctx).await;
+        assert_eq!(*writes.lock().unwrap(), vec![9, 3]);
+        thread.join().unwrap();
     }
 }

@@ -103,6 +103,7 @@ fn default_queue_history_max_len() -> u64 {
 fn default_batch() -> BatchConfig {
     BatchConfig {
         max_events: 5_000,
+        max_bytes: crate::sinks::DEFAULT_BATCH_MAX_BYTES,
         timeout_secs: 0.1,
     }
 }

@@ -93,6 +93,7 @@ pub fn sink_context(
         name: name.into(),
         batch: evalsink::sinks::BatchConfig {
             max_events: 50,
+            max_bytes: evalsink::sinks::DEFAULT_BATCH_MAX_BYTES,
             timeout_secs: 0.0,
         },
         dead_letters,

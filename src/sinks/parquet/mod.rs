@@ -47,7 +47,8 @@ pub struct ParquetConfig {
     /// about this much in memory.
     #[serde(default = "default_row_group_bytes")]
     pub row_group_bytes: u64,
-    /// `batch.max_events` (default 4000) and `batch.timeout_secs` (default 1): how many
+    /// `batch.max_events` (default 4000), `batch.max_bytes` (32 MiB) and `batch.timeout_secs`
+    /// (default 1): how many
     /// events are encoded together.
     #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
@@ -68,6 +69,7 @@ fn default_row_group_bytes() -> u64 {
 fn default_batch() -> BatchConfig {
     BatchConfig {
         max_events: 4_000,
+        max_bytes: crate::sinks::DEFAULT_BATCH_MAX_BYTES,
         timeout_secs: 1.0,
     }
 }

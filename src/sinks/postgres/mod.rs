@@ -59,7 +59,8 @@ pub struct PostgresConfig {
     /// connection more for each lane of `evaluations`.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Events in one write and the longest wait to fill it (default 2000 events, 1 s).
+    /// Events in one write, its input bytes, and the longest wait to fill it (default 2000
+    /// events, 32 MiB, 1 s).
     #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
 }
@@ -79,6 +80,7 @@ fn default_pool_size() -> u32 {
 fn default_batch() -> BatchConfig {
     BatchConfig {
         max_events: 2000,
+        max_bytes: crate::sinks::DEFAULT_BATCH_MAX_BYTES,
         timeout_secs: 1.0,
     }
 }
