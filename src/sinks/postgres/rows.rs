@@ -49,18 +49,16 @@ pub const TEXT_FIELDS: [&str; 4] = ["code", "output", "error", "traceback"];
 /// ([`TEXT_FIELDS`]) are sent as `text` and joined to the rest of the payload by the server
 /// (`||` with an empty object costs nothing).
 pub static EVENTS_INSERT: LazyLock<String> = LazyLock::new(|| {
-    let rows = unnest_rows(&[
+    let mut columns = vec![
         ("id", "text"),
         ("type", "text"),
         ("ts", "timestamptz"),
         ("eval_id", "text"),
         ("tenant_id", "text"),
         ("rest", "text"),
-        ("code", "text"),
-        ("output", "text"),
-        ("error", "text"),
-        ("traceback", "text"),
-    ]);
+    ];
+    columns.extend(TEXT_FIELDS.map(|f| (f, "text")));
+    let rows = unnest_rows(&columns);
     let texts: String = TEXT_FIELDS
         .iter()
         .map(|f| format!("\n       || CASE WHEN {f} IS NULL THEN '{{}}' ELSE jsonb_build_object('{f}', {f}) END"))
@@ -103,7 +101,7 @@ pub struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
-    pub fn new(events: impl ExactSizeIterator<Item = &'a Event>) -> EventColumns<'a> {
+    pub fn new(events: impl Iterator<Item = &'a Event>) -> EventColumns<'a> {
         let mut c = EventColumns::default();
         for event in events {
             c.id.push(pg_text(&event.id));
@@ -153,5 +151,14 @@ mod tests {
             "a literal backslash-u stays as it was"
         );
         assert_eq!(back["n"][1], "\\u0000");
+    }
+
+    #[test]
+    fn the_insert_binds_every_column_and_joins_every_text_field() {
+        assert!(EVENTS_INSERT.contains("unnest($10::text[]) AS traceback"));
+        assert!(!EVENTS_INSERT.contains("$11"));
+        for field in TEXT_FIELDS {
+            assert!(EVENTS_INSERT.contains(&format!("jsonb_build_object('{field}', {field})")));
+        }
     }
 }
