@@ -172,12 +172,20 @@ pub async fn connect_pool(endpoint: &str, size: u32) -> Result<PgPool, PostgresS
         })?
         // Statements carry event data in their parameters only, but they are long: keep them
         // out of the logs.
-        .disable_statement_logging()
-        // The statements carry their rows in array parameters of megabytes: a custom plan
-        // copies every array into the plan, each time.
-        .options([("plan_cache_mode", "force_generic_plan")]);
+        .disable_statement_logging();
     let open = || {
         PgPoolOptions::new()
+            // The statements carry their rows in array parameters of megabytes: a custom plan
+            // copies every array into the plan, each time. (A SET rather than a startup
+            // option, which connection poolers such as PgBouncer refuse.)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET plan_cache_mode = force_generic_plan")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(10))
             // A broken connection shows on use and the write is retried; no ping per acquire.
