@@ -24,7 +24,10 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind, packed};
-use regex::{CaptureLocations, Regex, RegexSet};
+use regex::{Regex, RegexSet};
+use regex_automata::meta;
+use regex_automata::util::captures::Captures;
+use regex_automata::{Anchored, Input};
 
 /// The built-in rules. The integrator adjusts this path when moving the file.
 const BUILTIN_TOML: &str = include_str!("../../transforms/redaction.toml");
@@ -58,12 +61,18 @@ const SMALL_TEXT_BYTES: usize = 64;
 const MARKER_SEARCHER: usize = 0;
 const SMALL_TEXT_SEARCHER: usize = 1;
 
-/// The largest lowercase buffer a thread keeps between texts.
-const LOWERCASE_KEPT_BYTES: usize = 4 << 20;
+/// The keyword searchers see the text in lowercase, a chunk of this many bytes at a time, so
+/// that the copy and their passes over it stay in the core's cache.
+const CHUNK_BYTES: usize = 32 << 10;
 
 thread_local! {
     static LOWERCASE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// An anchored rule whose matches are unbounded is tried at no more places than this in one
+/// window, each try costing up to the rest of the window; with more, one search of the
+/// window costs less.
+const MAX_ANCHORED_STARTS: usize = 16;
 
 /// Windows of one rule closer than this are searched with one regex call: a call costs more
 /// than scanning this many bytes, since most rules start with a literal the regex skips to.
@@ -185,10 +194,14 @@ fn parse_builtin() -> Result<RuleFile, RedactError> {
 #[derive(Clone)]
 struct Rule {
     name: String,
-    regex: Regex,
+    regex: meta::Regex,
     /// The capture group that is replaced; 0 is the whole match.
     secret_group: usize,
     shape: Shape,
+    /// Every match starts with one of the rule's keywords (see [`starts_with_keyword`]): the
+    /// regex then runs anchored at each place a keyword starts, forward only, instead of
+    /// searching the window around it.
+    anchored: bool,
 }
 
 /// The compiled redaction rules. Send + Sync; share it through an `Arc`. A clone shares the
@@ -303,9 +316,11 @@ impl Redactor {
                     name: config.name.clone(),
                 });
             }
-            let regex = Regex::new(&config.pattern).map_err(|e| RedactError::BadPattern {
+            let regex = meta::Regex::new(&config.pattern).map_err(|e| RedactError::BadPattern {
                 rule: config.name.clone(),
-                message: e.to_string(),
+                message: e
+                    .syntax_error()
+                    .map_or_else(|| e.to_string(), ToString::to_string),
             })?;
             let groups = regex.captures_len() - 1;
             let secret_group = config.secret_group.unwrap_or(0);
@@ -336,9 +351,14 @@ impl Redactor {
                     keyword_rules[id].push(rule_index);
                 }
             }
+            let shape = shape(&config.pattern);
             rules.push(Rule {
                 name: config.name.clone(),
-                shape: shape(&config.pattern),
+                // Anchored searches from each keyword cost at most the window each; a rule
+                // whose matches may run over lines without bound keeps to one window search.
+                anchored: (shape.max_len.is_some() || !shape.multiline)
+                    && starts_with_keyword(&config.pattern, &config.keywords),
+                shape,
                 regex,
                 secret_group,
             });
@@ -363,8 +383,7 @@ impl Redactor {
 
         // The marker has a searcher of its own, and so has a small text. For the others, the
         // short fingerprints and the long ones are split into searchers of their own.
-        let marker = MARKER_PREFIX.to_ascii_lowercase();
-        let marker_searcher = AhoCorasick::new([marker.as_str()]) // one pattern: memmem
+        let marker_searcher = AhoCorasick::new([MARKER_PREFIX]) // one pattern: memmem
             .map_err(|e| RedactError::Keywords(e.to_string()))?;
         let small_text = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -471,25 +490,12 @@ impl Redactor {
         if text.len() < self.min_keyword_len && self.always.is_empty() {
             return Vec::new();
         }
-        // Lowercasing ASCII keeps every byte offset; the searchers are then case-sensitive.
-        // The lowercase copy goes to a buffer that each thread reuses.
-        LOWERCASE.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            buffer.clear();
-            buffer.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
-            let spans = self.find_spans_in(text, &buffer);
-            if buffer.capacity() > LOWERCASE_KEPT_BYTES {
-                *buffer = Vec::new();
-            }
-            spans
-        })
-    }
-
-    /// [`Redactor::find_spans`], given the text in lowercase.
-    fn find_spans_in(&self, text: &str, bytes: &[u8]) -> Vec<Span> {
+        let bytes = text.as_bytes();
         // For each rule, the windows to search, kept sorted and merged as they come; allocated
         // at the first keyword hit.
         let mut windows: Vec<Vec<(usize, usize)>> = Vec::new();
+        // For each rule that runs anchored, where its keywords start.
+        let mut starts: Vec<Vec<usize>> = Vec::new();
         let mut markers: Vec<(usize, usize)> = Vec::new();
         // The line of the last hit, found once for all hits on it.
         let mut line = (0, 0);
@@ -499,40 +505,64 @@ impl Redactor {
         } else {
             SMALL_TEXT_SEARCHER + 1..self.searchers.len()
         };
-        for (searcher, searched) in self.searchers[keyword_searchers.clone()]
-            .iter()
-            .zip(&self.searched[keyword_searchers])
-        {
-            searcher.for_each_hit(bytes, |hit| {
-                let found = searched[hit.pattern().as_usize()];
-                for (keyword, at) in self.keywords_at(bytes, found, hit.start()) {
-                    let keyword_end = at + keyword.text.len();
-                    if windows.is_empty() {
-                        windows.resize(self.rules.len(), Vec::new());
-                    }
-                    for &rule in &keyword.rules {
-                        let shape = self.rules[rule].shape;
-                        let (mut start, mut end) = match shape.max_len {
-                            Some(n) => (
-                                at.saturating_sub(n),
-                                keyword_end.saturating_add(n).min(bytes.len()),
-                            ),
-                            None => (0, bytes.len()),
-                        };
-                        if !shape.multiline {
-                            if !(line.0 <= at && keyword_end <= line.1) {
-                                line = line_around(bytes, at, keyword_end);
-                            }
-                            start = start.max(line.0);
-                            end = end.min(line.1);
+        let mut on_hit = |found: usize, place: usize| {
+            for (keyword, at) in self.keywords_at(bytes, found, place) {
+                let keyword_end = at + keyword.text.len();
+                if windows.is_empty() {
+                    windows.resize(self.rules.len(), Vec::new());
+                    starts.resize(self.rules.len(), Vec::new());
+                }
+                for &rule in &keyword.rules {
+                    let shape = self.rules[rule].shape;
+                    let (mut start, mut end) = match shape.max_len {
+                        Some(n) => (
+                            at.saturating_sub(n),
+                            keyword_end.saturating_add(n).min(bytes.len()),
+                        ),
+                        None => (0, bytes.len()),
+                    };
+                    if !shape.multiline {
+                        if !(line.0 <= at && keyword_end <= line.1) {
+                            line = line_around(bytes, at, keyword_end);
                         }
-                        add_window(&mut windows[rule], start, end);
+                        start = start.max(line.0);
+                        end = end.min(line.1);
+                    }
+                    add_window(&mut windows[rule], start, end);
+                    if self.rules[rule].anchored {
+                        starts[rule].push(at);
                     }
                 }
-            });
-        }
+            }
+        };
+        // Lowercasing ASCII keeps every byte offset; the searchers are then case-sensitive.
+        // A chunk is searched with the fingerprints that start in it, so it takes as many bytes
+        // of the next as the longest less one.
+        LOWERCASE.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            let mut chunk = 0;
+            while chunk < bytes.len() {
+                let chunk_end = (chunk + CHUNK_BYTES).min(bytes.len());
+                let scan_end = (chunk_end + FINGERPRINT_BYTES - 1).min(bytes.len());
+                buffer.clear();
+                buffer.extend(bytes[chunk..scan_end].iter().map(u8::to_ascii_lowercase));
+                for (searcher, searched) in self.searchers[keyword_searchers.clone()]
+                    .iter()
+                    .zip(&self.searched[keyword_searchers.clone()])
+                {
+                    searcher.for_each_hit(&buffer, |hit| {
+                        let place = chunk + hit.start();
+                        if place < chunk_end {
+                            on_hit(searched[hit.pattern().as_usize()], place);
+                        }
+                    });
+                }
+                chunk = chunk_end;
+            }
+        });
         if !self.always.is_empty() && windows.is_empty() {
             windows.resize(self.rules.len(), Vec::new());
+            starts.resize(self.rules.len(), Vec::new());
         }
         for &rule in &self.always {
             add_window(&mut windows[rule], 0, text.len());
@@ -551,9 +581,21 @@ impl Redactor {
                     add_window(&mut list, start, end);
                 }
             }
-            let mut locations = self.rules[rule].regex.capture_locations();
+            let mut starts = std::mem::take(&mut starts[rule]);
+            if !starts.is_sorted() {
+                starts.sort_unstable();
+            }
+            starts.dedup();
+            let shape = self.rules[rule].shape;
+            let mut captures = self.rules[rule].regex.create_captures();
             for window in list {
-                self.search(rule, text, window, &mut locations, &mut spans);
+                let first = starts.partition_point(|&s| s < window.0);
+                let here =
+                    &starts[first..first + starts[first..].partition_point(|&s| s <= window.1)];
+                let anchored = self.rules[rule].anchored
+                    && (shape.max_len.is_some() || here.len() <= MAX_ANCHORED_STARTS);
+                let here = anchored.then_some(here);
+                self.search(rule, text, window, here, &mut captures, &mut spans);
             }
         }
 
@@ -588,7 +630,7 @@ impl Redactor {
         merge_spans(spans)
     }
 
-    /// The keywords (with where they start in the lowercase `bytes`) around a hit of
+    /// The keywords (with where they start in `bytes`, in any case) around a hit of
     /// fingerprint `found` at `place`, and around the fingerprints that it may hide.
     fn keywords_at<'a>(
         &'a self,
@@ -606,21 +648,25 @@ impl Redactor {
             })
             .filter_map(|(id, at)| {
                 let (keyword, at) = (&self.keywords[id], at?);
-                (bytes.get(at..at + keyword.text.len()) == Some(keyword.text.as_bytes()))
+                bytes
+                    .get(at..at + keyword.text.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(keyword.text.as_bytes()))
                     .then_some((keyword, at))
             })
     }
 
     /// Runs one rule over a window of `text` and pushes the candidates it finds (the allow list
-    /// is checked afterwards, once for each distinct span). Matches start in
-    /// the window; the regex sees the text before it, and one character after it, as context
-    /// for `\b`, `^` and `$`.
+    /// is checked afterwards, once for each distinct span). Matches start in the window and may
+    /// take one character after it (a window that ends at a line feed keeps it as context); the
+    /// regex sees the whole text as context for `\b`, `^` and `$`. Given `starts`, the
+    /// keywords' places in the window (sorted), an anchored rule is tried at those only.
     fn search(
         &self,
         rule_index: usize,
         text: &str,
         window: (usize, usize),
-        locations: &mut CaptureLocations,
+        starts: Option<&[usize]>,
+        captures: &mut Captures,
         out: &mut Vec<Span>,
     ) {
         let rule = &self.rules[rule_index];
@@ -628,20 +674,32 @@ impl Redactor {
             floor_boundary(text, window.0),
             ceil_boundary(text, window.1),
         );
-        // One more character: a window that ends at a line feed keeps it as context.
-        let haystack = &text[..ceil_boundary(text, end + 1)];
+        let limit = ceil_boundary(text, end + 1);
+        let mut starts = starts.map(<[usize]>::iter);
         let mut at = start;
-        while at <= end {
+        loop {
+            let input = match &mut starts {
+                Some(starts) => match starts.find(|&&s| s >= at) {
+                    Some(&s) => Input::new(text).span(s..limit).anchored(Anchored::Yes),
+                    None => break,
+                },
+                None if at <= end => Input::new(text).span(at..limit),
+                None => break,
+            };
             // Without a secret group the match is the secret and no capture engine runs; with
             // one, the regex finds the match first and then runs its capture engine on the
-            // match only.
+            // match only (or, anchored, its one-pass engine straight away where it has one).
             let m = if rule.secret_group == 0 {
-                rule.regex.find_at(haystack, at)
+                rule.regex.search(&input)
             } else {
-                rule.regex.captures_read_at(locations, haystack, at)
+                rule.regex.search_captures(&input, captures);
+                captures.get_match()
             };
             let Some(m) = m else {
-                break;
+                match starts {
+                    Some(_) => continue,
+                    None => break,
+                }
             };
             at = if m.end() > m.start() {
                 m.end()
@@ -651,8 +709,8 @@ impl Redactor {
             let (s, e) = if rule.secret_group == 0 {
                 (m.start(), m.end())
             } else {
-                match locations.get(rule.secret_group) {
-                    Some(span) => span,
+                match captures.get_group(rule.secret_group) {
+                    Some(span) => (span.start, span.end),
                     None => continue,
                 }
             };
@@ -672,6 +730,29 @@ impl Redactor {
             .as_ref()
             .is_some_and(|set| set.is_match(candidate))
     }
+}
+
+/// Whether every match of `pattern` starts with one of `keywords` (ASCII case-insensitively):
+/// the pattern's prefixes, as regex-syntax's literal extractor finds them, are finitely many
+/// and each starts with a keyword. `false` when that cannot be told.
+fn starts_with_keyword(pattern: &str, keywords: &[String]) -> bool {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let Ok(hir) = regex_syntax::parse(pattern) else {
+        return false;
+    };
+    let prefixes = Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .limit_total(4096)
+        .extract(&hir);
+    prefixes.literals().is_some_and(|literals| {
+        !literals.is_empty()
+            && literals.iter().all(|literal| {
+                let literal = literal.as_bytes().to_ascii_lowercase();
+                keywords.iter().any(|k| {
+                    !k.is_empty() && literal.starts_with(k.to_ascii_lowercase().as_bytes())
+                })
+            })
+    })
 }
 
 /// Sorts spans by start, longest first.
@@ -1560,6 +1641,133 @@ mod tests {
         }
         assert_eq!(Redactor::builtin().redact_str(&all), reference.redact(&all));
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Texts made of pieces of secrets, keys, quotes and separators, often many keywords on
+        /// one line (more than [`MAX_ANCHORED_STARTS`]): the anchored and windowed searches
+        /// find what running every rule over the whole text finds.
+        #[test]
+        fn searches_find_what_the_whole_text_search_finds(
+            pieces in proptest::collection::vec(0usize..PIECES.len(), 0..120),
+            example in 0usize..1000,
+        ) {
+            let examples: Vec<String> =
+                Redactor::builtin_rules().into_iter().flat_map(|r| r.examples).collect();
+            let mut text: String = pieces.iter().map(|&p| PIECES[p]).collect();
+            text.insert_str(floor_boundary(&text, text.len() / 2), &examples[example % examples.len()]);
+            proptest::prop_assert_eq!(
+                Redactor::builtin().redact_str(&text),
+                REFERENCE.redact(&text)
+            );
+        }
+    }
+
+    /// Every example, placed across the boundary of two chunks at every offset, and among
+    /// filler of mixed case, is found as in the whole text.
+    #[test]
+    fn secrets_across_chunk_boundaries_are_found() {
+        let filler: String = "Lorem ipsum dolor SIT amet,\n".repeat(CHUNK_BYTES / 28 + 1);
+        let filler = &filler[..CHUNK_BYTES - 40];
+        for example in Redactor::builtin_rules()
+            .into_iter()
+            .flat_map(|r| r.examples)
+        {
+            for shift in 0..example.len().min(80) {
+                let text = format!("{filler}{}{example} tail", "x".repeat(shift));
+                assert_eq!(
+                    Redactor::builtin().redact_str(&text),
+                    REFERENCE.redact(&text),
+                    "{example:?} at {}",
+                    filler.len() + shift
+                );
+            }
+        }
+    }
+
+    static REFERENCE: LazyLock<Reference> = LazyLock::new(Reference::new);
+
+    const PIECES: &[&str] = &[
+        "token",
+        "Token",
+        "TOKEN",
+        "password",
+        "_pass",
+        "passwd",
+        "secret",
+        "secret_key",
+        "api_key",
+        "ghp_",
+        "xoxb-",
+        "sk-",
+        "sk-ant-",
+        "eyJ",
+        "://",
+        "user:",
+        "@",
+        "=",
+        " = ",
+        ": ",
+        "=>",
+        ":=",
+        "\"",
+        "'",
+        "\\\"",
+        " ",
+        "\n",
+        "\t",
+        "x",
+        "abcdefgh",
+        "0123456789abcdef",
+        "AbCdEfGh12345678",
+        "-",
+        "_",
+        ".",
+        "/",
+        "é",
+        "ſ",
+        "K",
+        "[REDACTED:jwt]",
+    ];
+
+    /// The rules whose every match starts with a keyword run anchored; the others search the
+    /// windows around their keywords.
+    #[test]
+    fn rules_that_start_with_a_keyword_run_anchored() {
+        let anchored = |name: &str| {
+            let rules = &Redactor::builtin().rules;
+            rules.iter().find(|r| r.name == name).expect(name).anchored
+        };
+        for name in [
+            "github-pat",
+            "slack-bot-token",
+            "jwt",
+            "url-password",
+            "password-assignment",
+            "secret-assignment",
+            "token-assignment",
+        ] {
+            assert!(anchored(name), "{name} should run anchored");
+        }
+        // The match starts before the keyword; the match may span lines without bound.
+        for name in ["stripe-secret-key", "url-query-secret", "private-key"] {
+            assert!(!anchored(name), "{name} should not run anchored");
+        }
+        let keywords = |k: &[&str]| k.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert!(starts_with_keyword(r"(?i-u:token)=", &keywords(&["token"])));
+        assert!(starts_with_keyword(
+            r"(?-u:\b)(?:ghp|gho)_",
+            &keywords(&["ghp_", "gho_"])
+        ));
+        // Unicode case folding: `ſ` (long s) matches `s`, and no keyword finds it.
+        assert!(!starts_with_keyword(
+            r"(?i:secret)=",
+            &keywords(&["secret"])
+        ));
+        assert!(!starts_with_keyword(r"x?token", &keywords(&["token"])));
+        assert!(!starts_with_keyword(r"tok", &keywords(&["token"])));
+        assert!(!starts_with_keyword(r"[a-z]+token", &keywords(&["token"])));
     }
 
     fn max_len(pattern: &str) -> Option<usize> {
