@@ -3,8 +3,8 @@
 //! Rules are data (`transforms/redaction.toml` plus a pipeline's own `rules`): a regex, and
 //! keywords, of which every match contains one. How a text is searched:
 //!
-//! 1. The text is lowercased (ASCII, which keeps every byte offset) and searched once for the
-//!    keywords' fingerprints (a rare piece of each), by a few searchers of at most
+//! 1. The text is lowercased (ASCII, which keeps every byte offset), [`CHUNK_BYTES`] at a time
+//!    so that the copy stays in cache, and searched for the keywords' fingerprints (a rare piece of each), by a few searchers of at most
 //!    [`KEYWORDS_PER_SEARCHER`] each: few enough for Teddy, the SIMD searcher of aho-corasick,
 //!    whose buckets are chosen from the byte frequencies of ordinary text so that few positions
 //!    need a check. A text shorter than [`SMALL_TEXT_BYTES`] (most strings of an event: ids,
@@ -15,7 +15,8 @@
 //!    [`shape`]), and only the hit's line when the pattern cannot match a line feed. A rule whose
 //!    matches are unbounded and may span lines gets the whole text.
 //! 3. Each rule's regex runs on its (merged) windows only; a user rule without keywords runs on
-//!    the whole text of every call.
+//!    the whole text of every call. A rule whose every match starts with one of its keywords
+//!    (see [`starts_with_keyword`]) runs anchored at each keyword start instead.
 //! 4. Matches of different rules that overlap are replaced as one: their union, named after the
 //!    rule of the earliest-starting, longest match. Text that is already a marker is left alone.
 
@@ -491,11 +492,8 @@ impl Redactor {
             return Vec::new();
         }
         let bytes = text.as_bytes();
-        // For each rule, the windows to search, kept sorted and merged as they come; allocated
-        // at the first keyword hit.
-        let mut windows: Vec<Vec<(usize, usize)>> = Vec::new();
-        // For each rule that runs anchored, where its keywords start.
-        let mut starts: Vec<Vec<usize>> = Vec::new();
+        // Where each rule is searched; allocated at the first keyword hit.
+        let mut places: Vec<Places> = Vec::new();
         let mut markers: Vec<(usize, usize)> = Vec::new();
         // The line of the last hit, found once for all hits on it.
         let mut line = (0, 0);
@@ -508,9 +506,8 @@ impl Redactor {
         let mut on_hit = |found: usize, place: usize| {
             for (keyword, at) in self.keywords_at(bytes, found, place) {
                 let keyword_end = at + keyword.text.len();
-                if windows.is_empty() {
-                    windows.resize(self.rules.len(), Vec::new());
-                    starts.resize(self.rules.len(), Vec::new());
+                if places.is_empty() {
+                    places.resize(self.rules.len(), Places::default());
                 }
                 for &rule in &keyword.rules {
                     let shape = self.rules[rule].shape;
@@ -528,9 +525,9 @@ impl Redactor {
                         start = start.max(line.0);
                         end = end.min(line.1);
                     }
-                    add_window(&mut windows[rule], start, end);
+                    add_window(&mut places[rule].windows, start, end);
                     if self.rules[rule].anchored {
-                        starts[rule].push(at);
+                        places[rule].starts.push(at);
                     }
                 }
             }
@@ -560,42 +557,27 @@ impl Redactor {
                 chunk = chunk_end;
             }
         });
-        if !self.always.is_empty() && windows.is_empty() {
-            windows.resize(self.rules.len(), Vec::new());
-            starts.resize(self.rules.len(), Vec::new());
+        if !self.always.is_empty() && places.is_empty() {
+            places.resize(self.rules.len(), Places::default());
         }
         for &rule in &self.always {
-            add_window(&mut windows[rule], 0, text.len());
+            add_window(&mut places[rule].windows, 0, text.len());
         }
 
         let mut spans = Vec::new();
-        for (rule, mut list) in windows.into_iter().enumerate() {
-            if list.is_empty() {
+        for (rule, mut places) in places.into_iter().enumerate() {
+            if places.windows.is_empty() {
                 continue;
             }
-            // Hits arrive in order within one searcher; several searchers can interleave.
-            if !list.is_sorted() {
-                list.sort_unstable();
-                let unsorted = std::mem::take(&mut list);
-                for (start, end) in unsorted {
-                    add_window(&mut list, start, end);
-                }
-            }
-            let mut starts = std::mem::take(&mut starts[rule]);
-            if !starts.is_sorted() {
-                starts.sort_unstable();
-            }
-            starts.dedup();
+            places.sort();
             let shape = self.rules[rule].shape;
             let mut captures = self.rules[rule].regex.create_captures();
-            for window in list {
-                let first = starts.partition_point(|&s| s < window.0);
-                let here =
-                    &starts[first..first + starts[first..].partition_point(|&s| s <= window.1)];
+            for &window in &places.windows {
+                let starts = places.starts_in(window);
                 let anchored = self.rules[rule].anchored
-                    && (shape.max_len.is_some() || here.len() <= MAX_ANCHORED_STARTS);
-                let here = anchored.then_some(here);
-                self.search(rule, text, window, here, &mut captures, &mut spans);
+                    && (shape.max_len.is_some() || starts.len() <= MAX_ANCHORED_STARTS);
+                let starts = anchored.then_some(starts);
+                self.search(rule, text, window, starts, &mut captures, &mut spans);
             }
         }
 
@@ -740,6 +722,11 @@ fn starts_with_keyword(pattern: &str, keywords: &[String]) -> bool {
     let Ok(hir) = regex_syntax::parse(pattern) else {
         return false;
     };
+    let keywords: Vec<String> = keywords
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
     let prefixes = Extractor::new()
         .kind(ExtractKind::Prefix)
         .limit_total(4096)
@@ -748,9 +735,7 @@ fn starts_with_keyword(pattern: &str, keywords: &[String]) -> bool {
         !literals.is_empty()
             && literals.iter().all(|literal| {
                 let literal = literal.as_bytes().to_ascii_lowercase();
-                keywords.iter().any(|k| {
-                    !k.is_empty() && literal.starts_with(k.to_ascii_lowercase().as_bytes())
-                })
+                keywords.iter().any(|k| literal.starts_with(k.as_bytes()))
             })
     })
 }
@@ -1000,6 +985,35 @@ fn add_window(list: &mut Vec<(usize, usize)>, start: usize, end: usize) {
     match list.last_mut() {
         Some(last) if start >= last.0 && start <= last.1 + WINDOW_GAP => last.1 = last.1.max(end),
         _ => list.push((start, end)),
+    }
+}
+
+/// Where one rule is searched in a text: its windows, kept sorted and merged as they come, and,
+/// for a rule that runs anchored, where its keywords start.
+#[derive(Clone, Default)]
+struct Places {
+    windows: Vec<(usize, usize)>,
+    starts: Vec<usize>,
+}
+
+impl Places {
+    /// Sorts and merges what came from several searchers, whose hits interleave.
+    fn sort(&mut self) {
+        if !self.windows.is_sorted() {
+            self.windows.sort_unstable();
+            for (start, end) in std::mem::take(&mut self.windows) {
+                add_window(&mut self.windows, start, end);
+            }
+        }
+        self.starts.sort_unstable();
+        self.starts.dedup();
+    }
+
+    /// The keyword starts in `window` (after [`Places::sort`]).
+    fn starts_in(&self, (start, end): (usize, usize)) -> &[usize] {
+        let first = self.starts.partition_point(|&s| s < start);
+        let last = self.starts.partition_point(|&s| s <= end);
+        &self.starts[first..last]
     }
 }
 
@@ -1653,10 +1667,8 @@ mod tests {
             pieces in proptest::collection::vec(0usize..PIECES.len(), 0..120),
             example in 0usize..1000,
         ) {
-            let examples: Vec<String> =
-                Redactor::builtin_rules().into_iter().flat_map(|r| r.examples).collect();
             let mut text: String = pieces.iter().map(|&p| PIECES[p]).collect();
-            text.insert_str(floor_boundary(&text, text.len() / 2), &examples[example % examples.len()]);
+            text.insert_str(floor_boundary(&text, text.len() / 2), &EXAMPLES[example % EXAMPLES.len()]);
             proptest::prop_assert_eq!(
                 Redactor::builtin().redact_str(&text),
                 REFERENCE.redact(&text)
@@ -1670,10 +1682,7 @@ mod tests {
     fn secrets_across_chunk_boundaries_are_found() {
         let filler: String = "Lorem ipsum dolor SIT amet,\n".repeat(CHUNK_BYTES / 28 + 1);
         let filler = &filler[..CHUNK_BYTES - 40];
-        for example in Redactor::builtin_rules()
-            .into_iter()
-            .flat_map(|r| r.examples)
-        {
+        for example in EXAMPLES.iter() {
             for shift in 0..example.len().min(80) {
                 let text = format!("{filler}{}{example} tail", "x".repeat(shift));
                 assert_eq!(
@@ -1687,6 +1696,14 @@ mod tests {
     }
 
     static REFERENCE: LazyLock<Reference> = LazyLock::new(Reference::new);
+
+    /// Every built-in rule's examples.
+    static EXAMPLES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        Redactor::builtin_rules()
+            .into_iter()
+            .flat_map(|r| r.examples)
+            .collect()
+    });
 
     const PIECES: &[&str] = &[
         "token",
