@@ -35,7 +35,7 @@ use crate::event::{Batch, Event, Route, Routes};
 use merge::merge_evaluations;
 use rows::EventColumns;
 use tables::{
-    Failure, SecurityTable, has_code, read_cache_rows, write_evaluations, write_events,
+    Failure, Replaying, SecurityTable, has_code, read_cache_rows, write_evaluations, write_events,
     write_security,
 };
 
@@ -276,6 +276,8 @@ struct Writer {
     routes: Routes,
     /// Where committed `evaluations` rows go (the Redis cache), when a redis sink exists.
     cache: Option<CacheSender>,
+    /// Of `events`, `security_audit` and `security_events`.
+    replaying: [Replaying; 3],
     ctx: SinkContext,
 }
 
@@ -298,6 +300,7 @@ impl PostgresSink {
                 pool,
                 routes: TABLE_ROUTES.into_iter().collect(),
                 cache,
+                replaying: Default::default(),
                 ctx,
             }),
             in_flight: JoinSet::new(),
@@ -419,16 +422,21 @@ impl Writer {
         loop {
             let outcome = futures_util::join!(
                 once(&mut progress.events, || write_events(
-                    &self.pool, &events, &rows
+                    &self.pool,
+                    &self.replaying[0],
+                    &events,
+                    &rows
                 )),
                 once(&mut progress.audit, || write_security(
                     &self.pool,
+                    &self.replaying[1],
                     &flat,
                     &audit,
                     SecurityTable::Audit
                 )),
                 once(&mut progress.violations, || write_security(
                     &self.pool,
+                    &self.replaying[2],
                     &flat,
                     &violations,
                     SecurityTable::Events

@@ -6,10 +6,14 @@
 //! valid JSON event is stored.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use sqlx::Arguments;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 
 use crate::event::Event;
 use crate::json::{self, Nul};
@@ -41,7 +45,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// the payload as JSON text; the server puts them into the `jsonb` ([`EVENTS_INSERT`]).
 pub const TEXT_FIELDS: [&str; 4] = ["code", "output", "error", "traceback"];
 
-/// Inserts rows of `events` from column arrays, skipping the event_ids already stored.
+/// Inserts rows of `events` from column arrays (the sink adds `ON CONFLICT` when it meets stored
+/// event_ids, see `tables::InsertNew`).
 ///
 /// `jsonb` input is always JSON text, and PostgreSQL 15 parses it a character at a time: on
 /// events with code and output that was 40% of the server's time (`appendStringInfoChar` and
@@ -66,8 +71,7 @@ pub static EVENTS_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO events (event_id, type, ts, eval_id, tenant_id, payload)\n\
          SELECT id, type, ts, eval_id, tenant_id, rest::jsonb{texts}\n\
-         FROM ({rows}) AS t\n\
-         ON CONFLICT (event_id) DO NOTHING"
+         FROM ({rows}) AS t"
     )
 });
 
@@ -125,6 +129,35 @@ impl<'a> EventColumns<'a> {
 
     pub fn len(&self) -> usize {
         self.id.len()
+    }
+
+    /// The parameters of [`EVENTS_INSERT`] for the rows in `r`, in a buffer allocated once at
+    /// its full size (growing it a column at a time copied every byte again, and again).
+    pub fn arguments(&self, r: Range<usize>) -> Result<PgArguments, BoxDynError> {
+        let texts = |column: &[Option<Cow<str>>]| -> usize {
+            column[r.clone()].iter().flatten().map(|s| s.len()).sum()
+        };
+        // Each element has a 4-byte length; a timestamp is 8 bytes; 64 bytes of array header.
+        let bytes = 10 * (64 + 4 * r.len())
+            + 8 * r.len()
+            + self.id[r.clone()].iter().map(|s| s.len()).sum::<usize>()
+            + self.kind[r.clone()].iter().map(|s| s.len()).sum::<usize>()
+            + self.rest[r.clone()].iter().map(String::len).sum::<usize>()
+            + texts(&self.eval_id)
+            + texts(&self.tenant_id)
+            + self.texts.iter().map(|c| texts(c)).sum::<usize>();
+        let mut args = PgArguments::default();
+        args.reserve(10, bytes);
+        args.add(&self.id[r.clone()])?;
+        args.add(&self.kind[r.clone()])?;
+        args.add(&self.ts[r.clone()])?;
+        args.add(&self.eval_id[r.clone()])?;
+        args.add(&self.tenant_id[r.clone()])?;
+        args.add(&self.rest[r.clone()])?;
+        for column in &self.texts {
+            args.add(&column[r.clone()])?;
+        }
+        Ok(args)
     }
 
     pub fn is_empty(&self) -> bool {
