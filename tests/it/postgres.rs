@@ -15,7 +15,7 @@ use sqlx::{PgPool, Row};
 
 use crate::common::*;
 use evalsink::decode::decode_line;
-use evalsink::event::{Ack, Batch, Event};
+use evalsink::event::{Ack, Batch, Event, Route};
 use evalsink::sinks::Sink;
 use evalsink::sinks::postgres::{PostgresConfig, PostgresSink};
 use evalsink::transforms::classify::Classification;
@@ -421,6 +421,9 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
         17,
         format!(r#"{{"type":"QUEUE_METRICS","event_id":"{long_id}","queue_length":1,"processing_count":1}}"#),
     );
+    // Refused by `events` too, but `evaluations` takes it: its code is sent rather than read
+    // from the `events` row.
+    lines.push(format!(r#"{{"type":"EVALUATION_QUEUED","event_id":"q-{long_id}","eval_id":"e-long","code":"long code","language":"py","engine":"e","timeout":1,"metadata":{{}}}}"#));
     // Strings PostgreSQL does not take as they are, but that are valid JSON: stored anyway.
     lines.push(r#"{"type":"EVALUATION_QUEUED","event_id":"nul","eval_id":"e-nul","code":"a\u0000b","language":"py\u0000","engine":"e","timeout":1,"metadata":{"k\u0000":"\u0000"},"extra":"\\u0000 and ✓ 😀","output":"x\u0000y"}"#.into());
     let input = lines.join("\n");
@@ -434,6 +437,12 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
                 .await
                 .unwrap();
         assert_eq!(code, "a\\u0000b");
+        let code: String =
+            sqlx::query_scalar("SELECT code FROM evaluations WHERE eval_id = 'e-long'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(code, "long code");
         let payload: Value =
             sqlx::query_scalar("SELECT payload FROM events WHERE event_id = 'nul'")
                 .fetch_one(&pool)
@@ -445,14 +454,23 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
         assert_eq!(payload["output"], "x\\u0000y", "an extra text field");
     });
     let dead = dead_letters(&dir.path().join("data/dead-letter"));
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0]["reason"], "rejected");
-    assert_eq!(dead[0]["event_id"].as_str().unwrap(), long_id);
-    let error = dead[0]["error"].as_str().unwrap();
-    assert!(
-        error.contains("index row") && error.contains("54000"),
-        "{error}"
-    );
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    let mut ids: Vec<&str> = dead
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [long_id.clone(), format!("q-{long_id}")]);
+    for d in &dead {
+        assert_eq!(d["reason"], "rejected");
+        let error = d["error"].as_str().unwrap();
+        assert!(
+            error.contains("index row")
+                && error.contains("54000")
+                && error.contains("table events"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
@@ -668,13 +686,19 @@ fn lifecycle_line(eval_id: &str, s: &Step) -> String {
     format!(r#"{{{body},"event_id":"{id}","timestamp":"{ts}","eval_id":"{eval_id}"{tenant}}}"#)
 }
 
-fn events_of(lines: &[String]) -> Vec<Event> {
+/// The events of `lines`, routed as the built-in classification says; without the `events`
+/// table unless `to_events`.
+fn events_of(lines: &[String], to_events: bool) -> Vec<Event> {
     let classification = Classification::builtin();
     lines
         .iter()
         .map(|l| {
             let mut e = decode_line(l.as_bytes(), Utc::now()).unwrap();
-            e.routes = classification.routes(e.event_type()).unwrap();
+            let routes = classification.routes(e.event_type()).unwrap();
+            e.routes = routes
+                .iter()
+                .filter(|r| to_events || *r != Route::Events)
+                .collect();
             e
         })
         .collect()
@@ -733,7 +757,8 @@ fn evaluations_are_the_same_for_every_order_and_duplication() {
             counter.set(counter.get() + 1);
             let case = counter.get();
             // The same events for two eval_id spaces: `a` in order, once; `b` shuffled, with
-            // duplicates, in other batch sizes.
+            // duplicates, in other batch sizes, and in half of the cases not to the `events`
+            // table (so the sink sends the texts that it otherwise reads from there).
             let lines = |space: &str| -> Vec<String> {
                 evals
                     .iter()
@@ -752,8 +777,8 @@ fn evaluations_are_the_same_for_every_order_and_duplication() {
             rng.shuffle(&mut b);
             let (rows_a, rows_b) = runtime.block_on(async {
                 let mut sink = sink.borrow_mut();
-                write_all(&mut sink, events_of(&a), &[a.len()]).await;
-                write_all(&mut sink, events_of(&b), &sizes).await;
+                write_all(&mut sink, events_of(&a, true), &[a.len()]).await;
+                write_all(&mut sink, events_of(&b, seed % 2 == 0), &sizes).await;
                 let read = |space: &'static str| {
                     let pool = pool.clone();
                     async move {
@@ -791,7 +816,7 @@ fn evaluations_are_the_same_for_every_order_and_duplication() {
             lifecycle_line("rules", &Step { stage: 2, variant: 0, at: 9, tenant: None }),
             lifecycle_line("rules", &Step { stage: 1, variant: 2, at: 3, tenant: None }),
         ];
-        write_all(&mut sink.borrow_mut(), events_of(&lines), &[1]).await;
+        write_all(&mut sink.borrow_mut(), events_of(&lines, true), &[1]).await;
         let row = sqlx::query("SELECT status, error, output, executor_id, code, tenant_id, ended_at FROM evaluations WHERE eval_id = 'rules'")
             .fetch_one(&pool)
             .await
@@ -1209,7 +1234,7 @@ fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
             .collect();
         server.ctl("stop");
         let (ack, mut acked) = Ack::new();
-        sink.write(&[Arc::new(Batch::new(events_of(&lines), ack))])
+        sink.write(&[Arc::new(Batch::new(events_of(&lines, true), ack))])
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -20,9 +20,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::Arguments;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 
 use super::rows::{json_text, pg_text, unnest_rows};
 use crate::event::{Body, Event};
@@ -162,6 +166,11 @@ pub struct EvalColumns<'a> {
     pub completed_event: Vec<Option<String>>,
     pub failed_event: Vec<Option<String>>,
     pub ended_event: Vec<Option<String>>,
+    /// When `code` is NULL because the text is in the payload of a stored `events` row: that
+    /// row's event_id (see [`UPSERT`]).
+    pub code_in_event: Vec<Option<Cow<'a, str>>>,
+    /// The same for `output`.
+    pub output_in_event: Vec<Option<Cow<'a, str>>>,
 }
 
 /// Bytes of `output_preview` (SPEC: the first 1 KiB, cut on a UTF-8 boundary).
@@ -180,22 +189,90 @@ pub fn preview(s: &str, max: usize) -> &str {
 }
 
 impl<'a> EvalColumns<'a> {
-    pub fn new(records: &[EvalRecord<'a>]) -> Self {
+    /// The columns of `records`; the long texts of the events for which `in_events` is true
+    /// (their `events` row is stored) are referred to rather than sent again.
+    pub fn new(records: &[EvalRecord<'a>], in_events: impl Fn(&Event) -> bool) -> Self {
         let mut c = EvalColumns::default();
         for r in records {
-            c.push(r);
+            c.push(r, &in_events);
         }
         c
     }
 
-    fn push(&mut self, r: &EvalRecord<'a>) {
+    /// The parameters of [`UPSERT`] for the records in `r`, in the order of [`PARAMETERS`], in
+    /// a buffer allocated once at its full size.
+    pub fn arguments(&self, r: Range<usize>) -> Result<PgArguments, BoxDynError> {
+        let long = |column: &[Option<Cow<str>>]| -> usize {
+            column[r.clone()].iter().flatten().map(|s| s.len()).sum()
+        };
+        // Ids, keys, times and lengths take less than 512 bytes a record.
+        let bytes = 512 * r.len()
+            + [
+                &self.code,
+                &self.output,
+                &self.output_preview,
+                &self.error,
+                &self.traceback,
+            ]
+            .into_iter()
+            .map(|c| long(c))
+            .sum::<usize>()
+            + self.metadata[r.clone()]
+                .iter()
+                .flatten()
+                .map(String::len)
+                .sum::<usize>();
+        let mut args = PgArguments::default();
+        args.reserve(PARAMETERS.len(), bytes);
+        args.add(&self.eval_id[r.clone()])?;
+        args.add(&self.tenant_id[r.clone()])?;
+        args.add(&self.status[r.clone()])?;
+        args.add(&self.code[r.clone()])?;
+        args.add(&self.language[r.clone()])?;
+        args.add(&self.engine[r.clone()])?;
+        args.add(&self.timeout[r.clone()])?;
+        args.add(&self.metadata[r.clone()])?;
+        args.add(&self.executor_id[r.clone()])?;
+        args.add(&self.queued_at[r.clone()])?;
+        args.add(&self.started_at[r.clone()])?;
+        args.add(&self.ended_at[r.clone()])?;
+        args.add(&self.success[r.clone()])?;
+        args.add(&self.output[r.clone()])?;
+        args.add(&self.output_preview[r.clone()])?;
+        args.add(&self.output_size[r.clone()])?;
+        args.add(&self.output_sha256[r.clone()])?;
+        args.add(&self.output_ref[r.clone()])?;
+        args.add(&self.error[r.clone()])?;
+        args.add(&self.traceback[r.clone()])?;
+        args.add(&self.queued_event[r.clone()])?;
+        args.add(&self.started_event[r.clone()])?;
+        args.add(&self.completed_event[r.clone()])?;
+        args.add(&self.failed_event[r.clone()])?;
+        args.add(&self.ended_event[r.clone()])?;
+        args.add(&self.code_in_event[r.clone()])?;
+        args.add(&self.output_in_event[r.clone()])?;
+        debug_assert_eq!(args.len(), PARAMETERS.len());
+        Ok(args)
+    }
+
+    fn push(&mut self, r: &EvalRecord<'a>, in_events: impl Fn(&Event) -> bool) {
+        // The field's text, or the event whose stored payload holds it (when split did not
+        // move it out: then the payload holds its reference instead).
+        let text_or_event = |event: &'a Event, field: &str, text: &'a str| {
+            if event.stored(field).is_none() && in_events(event) {
+                (None, Some(pg_text(&event.id)))
+            } else {
+                (Some(pg_text(text)), None)
+            }
+        };
         let text = |s: &'a str| Some(pg_text(s));
         self.eval_id.push(pg_text(r.eval_id));
         self.tenant_id.push(r.tenant_id.map(pg_text));
         self.status.push(r.status());
 
-        let (mut code, mut language, mut engine, mut timeout, mut metadata, mut queued_at) =
-            (None, None, None, None, None, None);
+        let (mut code, mut code_in_event) = (None, None);
+        let (mut language, mut engine, mut timeout, mut metadata, mut queued_at) =
+            (None, None, None, None, None);
         if let Some(w) = &r.queued
             && let Body::EvaluationQueued {
                 code: c,
@@ -206,7 +283,7 @@ impl<'a> EvalColumns<'a> {
                 ..
             } = &w.event.body
         {
-            code = text(c);
+            (code, code_in_event) = text_or_event(w.event, "code", c);
             language = text(l);
             engine = text(e);
             timeout = Some(*t);
@@ -214,6 +291,7 @@ impl<'a> EvalColumns<'a> {
             queued_at = Some(w.event.ts);
         }
         self.code.push(code);
+        self.code_in_event.push(code_in_event);
         self.language.push(language);
         self.engine.push(engine);
         self.timeout.push(timeout);
@@ -235,6 +313,7 @@ impl<'a> EvalColumns<'a> {
         self.started_at.push(started_at);
 
         let mut completed = (None, None, None, None, None, None);
+        let mut output_in_event = None;
         if let Some(w) = &r.completed
             && let Body::EvaluationCompleted {
                 output, success, ..
@@ -242,9 +321,17 @@ impl<'a> EvalColumns<'a> {
         {
             // The field holds the whole output, or its preview when split stored it outside.
             let stored = w.event.stored("output");
+            let whole = match stored {
+                Some(_) => None,
+                None => {
+                    let (text, in_event) = text_or_event(w.event, "output", output);
+                    output_in_event = in_event;
+                    text
+                }
+            };
             completed = (
                 Some(*success),
-                stored.is_none().then(|| pg_text(output)),
+                whole,
                 text(preview(output, OUTPUT_PREVIEW_BYTES)),
                 Some(stored.map_or(output.len() as i64, |s| s.size as i64)),
                 Some(match stored {
@@ -256,6 +343,7 @@ impl<'a> EvalColumns<'a> {
         }
         self.success.push(completed.0);
         self.output.push(completed.1);
+        self.output_in_event.push(output_in_event);
         self.output_preview.push(completed.2);
         self.output_size.push(completed.3);
         self.output_sha256.push(completed.4);
@@ -345,16 +433,33 @@ const PARAMETERS: &[(&str, &str)] = &[
     ("completed_event", "text"),
     ("failed_event", "text"),
     ("ended_event", "text"),
+    ("code_in_event", "text"),
+    ("output_in_event", "text"),
 ];
 
+/// Parameters that are not columns of `evaluations`: where `code` and `output` are when the
+/// client did not send them.
+const TEXT_IN_EVENT: [(&str, &str); 2] = [("code", "code_in_event"), ("output", "output_in_event")];
+
 /// The merge of a batch's records into the stored rows, as one statement over column arrays.
+///
+/// `code` and `output` are long, and most of them are in the payload of an `events` row that
+/// the same write has stored just before: those are read from there rather than sent twice
+/// (which cost the server and the client more than the lookup).
 pub static UPSERT: LazyLock<String> = LazyLock::new(|| {
-    let names: Vec<&str> = PARAMETERS.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = PARAMETERS
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| TEXT_IN_EVENT.iter().all(|(_, e)| e != n))
+        .collect();
     let select: Vec<String> = names
         .iter()
-        .map(|n| match *n {
-            "metadata" => "metadata::jsonb".to_string(),
-            n => n.to_string(),
+        .map(|n| match TEXT_IN_EVENT.iter().find(|(field, _)| field == n) {
+            Some((field, event)) => format!(
+                "COALESCE({field}, (SELECT payload->>'{field}' FROM events WHERE event_id = {event}))"
+            ),
+            None if *n == "metadata" => "metadata::jsonb".to_string(),
+            None => n.to_string(),
         })
         .collect();
     // The incoming stage wins when its key is greater than the stored one (or none is stored).
@@ -433,7 +538,10 @@ mod tests {
         let events: Vec<Event> = lines.iter().map(|l| event(l)).collect();
         let forward = merge_evaluations(events.iter().enumerate());
         let backward = merge_evaluations(events.iter().enumerate().rev());
-        let (f, b) = (EvalColumns::new(&forward), EvalColumns::new(&backward));
+        let (f, b) = (
+            EvalColumns::new(&forward, |_| false),
+            EvalColumns::new(&backward, |_| false),
+        );
         assert_eq!(format!("{f:?}"), format!("{b:?}"));
         assert_eq!(f.status, vec!["completed"], "the later terminal event wins");
         assert_eq!(f.error[0].as_deref(), Some("boom"), "no field is cleared");
@@ -450,7 +558,10 @@ mod tests {
 
     #[test]
     fn the_upsert_names_every_parameter() {
-        assert!(UPSERT.contains("$25::text[]"));
-        assert!(!UPSERT.contains("$26"));
+        assert!(UPSERT.contains("$27::text[]"));
+        assert!(!UPSERT.contains("$28"));
+        let columns = UPSERT.split(['(', ')']).nth(1).unwrap();
+        assert!(columns.starts_with("eval_id, tenant_id"), "{columns}");
+        assert!(!columns.contains("_in_event"), "not a column: {columns}");
     }
 }

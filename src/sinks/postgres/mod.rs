@@ -3,8 +3,10 @@
 //! `security_audit` and `security_events`. A write is acknowledged once every transaction it
 //! made has committed; the rows of `evaluations` it committed then go to the Redis cache.
 //!
-//! A write is set-based (see [`tables`]): one statement over column arrays per table. Several writes are in the server at once,
-//! each in a task of its own. Events the server refuses for their data are found by bisection
+//! A write is set-based (see [`tables`]): one statement over column arrays per table, `events`
+//! and the security tables first, then `evaluations`, which reads the long texts (code, output)
+//! of the events stored just before from their rows instead of having them sent twice. Several
+//! writes are in the server at once, each in a task of its own. Events the server refuses for their data are found by bisection
 //! and go to the dead letters with the server's error; the rest are stored. A lost connection
 //! or a server restart is retried with backoff while the pipeline waits.
 
@@ -12,6 +14,7 @@ pub mod merge;
 pub mod rows;
 mod tables;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
@@ -420,6 +423,7 @@ impl Writer {
         };
         let mut retry = Retry::new();
         loop {
+            // Events first: the evaluations read the long texts of the events stored here.
             let outcome = futures_util::join!(
                 once(&mut progress.events, || write_events(
                     &self.pool,
@@ -441,30 +445,42 @@ impl Writer {
                     &violations,
                     SecurityTable::Events
                 )),
-                join_all(
+            );
+            let mut failure = [outcome.0, outcome.1, outcome.2]
+                .into_iter()
+                .find_map(Result::err);
+            if failure.is_none() {
+                let refused: HashSet<&str> = (progress.events.iter().flatten())
+                    .map(|(i, _)| flat.events[*i].id.as_str())
+                    .collect();
+                let in_events = |e: &Event| {
+                    e.routes.contains(Route::Events) && !refused.contains(e.id.as_str())
+                };
+                let outcome = join_all(
                     progress
                         .evaluations
                         .iter_mut()
                         .zip(&mut turns)
                         .zip(&lanes)
-                        .map(|((slot, turn), records)| once(slot, || async {
-                            if let Some(previous) = turn.previous.take() {
-                                // An error means the previous write is gone: nothing to wait for.
-                                let _ = previous.await;
-                            }
-                            let refused = write_evaluations(&self.pool, records).await?;
-                            self.send_to_cache(batches, &flat, records).await?;
-                            if let Some(done) = turn.done.take() {
-                                let _ = done.send(());
-                            }
-                            Ok(refused)
-                        }))
-                ),
-            );
-            let failure = [outcome.0, outcome.1, outcome.2]
-                .into_iter()
-                .chain(outcome.3)
-                .find_map(Result::err);
+                        .map(|((slot, turn), records)| {
+                            once(slot, || async {
+                                if let Some(previous) = turn.previous.take() {
+                                    // An error means the previous write is gone: nothing to wait for.
+                                    let _ = previous.await;
+                                }
+                                let refused =
+                                    write_evaluations(&self.pool, records, in_events).await?;
+                                self.send_to_cache(batches, &flat, records).await?;
+                                if let Some(done) = turn.done.take() {
+                                    let _ = done.send(());
+                                }
+                                Ok(refused)
+                            })
+                        }),
+                )
+                .await;
+                failure = outcome.into_iter().find_map(Result::err);
+            }
             let Some(error) = failure else {
                 break;
             };
@@ -486,7 +502,7 @@ impl Writer {
             ("security_audit", progress.audit),
             ("security_events", progress.violations),
         ];
-        let mut refused_positions = std::collections::HashSet::new();
+        let mut refused_positions = HashSet::new();
         let mut letters = Vec::new();
         for (table, refused) in tables {
             for (i, message) in refused.unwrap_or_default() {

@@ -69,6 +69,13 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
+/// A statement's parameters that sqlx cannot encode (a value too large for the protocol).
+fn encoding(e: BoxDynError) -> Failure {
+    Failure::Sink(SinkError::Failed(format!(
+        "cannot encode the rows for PostgreSQL: {e}"
+    )))
+}
+
 /// Runs `op` on `0..len`; when the server refuses the data, splits the range in halves and
 /// tries again, down to single rows. Returns the refused rows with the server's error.
 async fn bisect<F, Fut>(len: usize, mut op: F) -> Result<Vec<(usize, String)>, SinkError>
@@ -131,7 +138,7 @@ async fn insert_new(
     rows: usize,
     arguments: impl Fn() -> Result<PgArguments, BoxDynError>,
 ) -> Result<(), Failure> {
-    let arguments = || arguments().map_err(|e| Failure::Sink(SinkError::Failed(e.to_string())));
+    let arguments = || arguments().map_err(encoding);
     if !replaying.0.load(Relaxed) {
         match sqlx::query_with(statement.plain.as_str(), arguments()?)
             .execute(pool)
@@ -175,46 +182,23 @@ pub(super) async fn write_events(
 }
 
 /// Merges `records` into `evaluations`; returns the events of the refused records (positions
-/// in the write) with the server's error.
+/// in the write) with the server's error. The long texts of the events for which `in_events`
+/// is true are read from their stored `events` rows.
 pub(super) async fn write_evaluations(
     pool: &PgPool,
     records: &[merge::EvalRecord<'_>],
+    in_events: impl Fn(&Event) -> bool,
 ) -> Result<Vec<(usize, String)>, SinkError> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let c = &EvalColumns::new(records);
+    let c = &EvalColumns::new(records, in_events);
     let refused = bisect(records.len(), |r: Range<usize>| async move {
-        let mut tx = pool.begin().await?;
-        sqlx::query(UPSERT.as_str())
-            .bind(&c.eval_id[r.clone()])
-            .bind(&c.tenant_id[r.clone()])
-            .bind(&c.status[r.clone()])
-            .bind(&c.code[r.clone()])
-            .bind(&c.language[r.clone()])
-            .bind(&c.engine[r.clone()])
-            .bind(&c.timeout[r.clone()])
-            .bind(&c.metadata[r.clone()])
-            .bind(&c.executor_id[r.clone()])
-            .bind(&c.queued_at[r.clone()])
-            .bind(&c.started_at[r.clone()])
-            .bind(&c.ended_at[r.clone()])
-            .bind(&c.success[r.clone()])
-            .bind(&c.output[r.clone()])
-            .bind(&c.output_preview[r.clone()])
-            .bind(&c.output_size[r.clone()])
-            .bind(&c.output_sha256[r.clone()])
-            .bind(&c.output_ref[r.clone()])
-            .bind(&c.error[r.clone()])
-            .bind(&c.traceback[r.clone()])
-            .bind(&c.queued_event[r.clone()])
-            .bind(&c.started_event[r.clone()])
-            .bind(&c.completed_event[r.clone()])
-            .bind(&c.failed_event[r.clone()])
-            .bind(&c.ended_event[r.clone()])
-            .execute(&mut *tx)
+        let arguments = c.arguments(r).map_err(encoding)?;
+        // One statement, so one transaction without BEGIN and COMMIT round trips.
+        sqlx::query_with(UPSERT.as_str(), arguments)
+            .execute(pool)
             .await?;
-        tx.commit().await?;
         Ok(())
     })
     .await?;
