@@ -6,9 +6,10 @@
 //! A write is set-based (see [`tables`]): one statement over column arrays per table, `events`
 //! and the security tables first, then `evaluations`, which reads the long texts (code, output)
 //! of the events stored just before from their rows instead of having them sent twice. Several
-//! writes are in the server at once, each in a task of its own. Events the server refuses for their data are found by bisection
-//! and go to the dead letters with the server's error; the rest are stored. A lost connection
-//! or a server restart is retried with backoff while the pipeline waits.
+//! writes are in the server at once, each in a task of its own. Events the server refuses for
+//! their data are found by bisection and go to the dead letters with the server's error; the
+//! rest are stored. A lost connection or a server restart is retried with backoff while the
+//! pipeline waits.
 
 pub mod merge;
 pub mod rows;
