@@ -402,6 +402,71 @@ fn a_replay_over_half_stored_events_stores_the_rest() {
 }
 
 #[test]
+fn evaluations_take_their_texts_from_this_run_not_from_events_stored_before() {
+    // A first run stores only `events`, with split moving every output out (the payload holds
+    // its reference); a second run with the default config must not take the output for
+    // `evaluations` from those rows.
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database("earlier");
+    let rules = dir.path().join("events-only.toml");
+    let mut text = String::new();
+    for t in evalsink::event::EventType::ALL {
+        text.push_str(&format!("[{}]\nstores = [\"events\"]\n", t.as_str()));
+    }
+    std::fs::write(&rules, text).unwrap();
+    let first = format!(
+        r#"
+data_dir = "{data}"
+[sources.in]
+type = "stdin"
+[transforms.classify]
+type = "classify"
+inputs = ["in"]
+rules = "{rules}"
+[transforms.split]
+type = "split"
+inputs = ["classify"]
+inline_max_bytes = 8
+preview_bytes = 4
+[sinks.pg]
+type = "postgres"
+inputs = ["split"]
+endpoint = "{url}"
+"#,
+        data = dir.path().join("data").display(),
+        rules = rules.display(),
+    );
+    let first = write_config(dir.path(), &first).display().to_string();
+    let input = generated(&["--events", "300", "--seed", "5", "--large-outputs", "0"]);
+    replay(&first, &input, dir.path());
+    let second = pg_config(dir.path(), &url, "");
+    replay(&second, &input, dir.path());
+    block_on(async {
+        let pool = pool(&url).await;
+        let outputs: Vec<(String, String, Value)> = sqlx::query_as(
+            "SELECT e.eval_id, e.output, s.payload->'output' FROM evaluations e \
+             JOIN events s ON s.event_id = split_part(e.completed_event, '|', 2) \
+             WHERE e.status = 'completed'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(outputs.len() > 10, "{} completed", outputs.len());
+        for (eval_id, output, stored) in outputs {
+            assert!(
+                stored.is_object(),
+                "the first run stored a reference: {stored}"
+            );
+            assert_eq!(
+                output.len() as u64,
+                stored["size"].as_u64().unwrap(),
+                "{eval_id}"
+            );
+        }
+    });
+}
+
+#[test]
 fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database("refused");

@@ -39,8 +39,8 @@ use crate::event::{Batch, Event, Route, Routes};
 use merge::merge_evaluations;
 use rows::EventColumns;
 use tables::{
-    Failure, Replaying, SecurityTable, has_code, read_cache_rows, write_evaluations, write_events,
-    write_security,
+    EventsWritten, Failure, Replaying, SecurityTable, has_code, read_cache_rows, write_evaluations,
+    write_events, write_security,
 };
 
 /// The migrations in `migrations/`, compiled in.
@@ -392,7 +392,7 @@ impl<'a> Flat<'a> {
 /// server's error); a part that failed is `None` and is tried again.
 #[derive(Default)]
 struct Progress {
-    events: Option<Vec<(usize, String)>>,
+    events: Option<EventsWritten>,
     audit: Option<Vec<(usize, String)>>,
     violations: Option<Vec<(usize, String)>>,
     /// One per lane.
@@ -451,11 +451,14 @@ impl Writer {
                 .into_iter()
                 .find_map(Result::err);
             if failure.is_none() {
-                let refused: HashSet<&str> = (progress.events.iter().flatten())
-                    .map(|(i, _)| flat.events[*i].id.as_str())
+                // Only rows this write stored: a row stored before may hold other texts (an
+                // earlier run's redaction, or a reference where split moved a field out).
+                let not_stored_here: HashSet<&str> = (progress.events.iter())
+                    .flat_map(|w| w.refused.iter().map(|(i, _)| i).chain(&w.skipped))
+                    .map(|&i| flat.events[i].id.as_str())
                     .collect();
                 let in_events = |e: &Event| {
-                    e.routes.contains(Route::Events) && !refused.contains(e.id.as_str())
+                    e.routes.contains(Route::Events) && !not_stored_here.contains(e.id.as_str())
                 };
                 let outcome = join_all(
                     progress
@@ -498,7 +501,7 @@ impl Writer {
             .flatten()
             .collect();
         let tables = [
-            ("events", progress.events),
+            ("events", progress.events.map(|w| w.refused)),
             ("evaluations", Some(evaluations)),
             ("security_audit", progress.audit),
             ("security_events", progress.violations),
@@ -572,10 +575,10 @@ impl Writer {
 }
 
 /// Runs a part of a write unless an earlier attempt finished it; records its result.
-async fn once<F, Fut>(slot: &mut Option<Vec<(usize, String)>>, part: F) -> Result<(), SinkError>
+async fn once<T, F, Fut>(slot: &mut Option<T>, part: F) -> Result<(), SinkError>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Vec<(usize, String)>, SinkError>>,
+    Fut: Future<Output = Result<T, SinkError>>,
 {
     if slot.is_none() {
         *slot = Some(part().await?);
