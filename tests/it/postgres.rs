@@ -54,20 +54,28 @@ async fn pool(url: &str) -> PgPool {
 }
 
 fn pg_config(dir: &Path, url: &str, extra: &str) -> String {
-    let text = format!(
-        r#"
-data_dir = "{data}"
-[sources.in]
-type = "stdin"
+    let transforms = r#"
 [transforms.classify]
 type = "classify"
 inputs = ["in"]
 [transforms.redact]
 type = "redact"
-inputs = ["classify"]
+inputs = ["classify"]"#;
+    pg_pipeline(dir, url, transforms, "redact", extra)
+}
+
+/// A config from stdin through `transforms` (TOML), the last of them named `last`, to a postgres
+/// sink with the keys `extra`.
+fn pg_pipeline(dir: &Path, url: &str, transforms: &str, last: &str, extra: &str) -> String {
+    let text = format!(
+        r#"
+data_dir = "{data}"
+[sources.in]
+type = "stdin"
+{transforms}
 [sinks.pg]
 type = "postgres"
-inputs = ["redact"]
+inputs = ["{last}"]
 endpoint = "{url}"
 {extra}
 "#,
@@ -414,29 +422,20 @@ fn evaluations_take_their_texts_from_this_run_not_from_events_stored_before() {
         text.push_str(&format!("[{}]\nstores = [\"events\"]\n", t.as_str()));
     }
     std::fs::write(&rules, text).unwrap();
-    let first = format!(
+    let transforms = format!(
         r#"
-data_dir = "{data}"
-[sources.in]
-type = "stdin"
 [transforms.classify]
 type = "classify"
 inputs = ["in"]
-rules = "{rules}"
+rules = "{}"
 [transforms.split]
 type = "split"
 inputs = ["classify"]
 inline_max_bytes = 8
-preview_bytes = 4
-[sinks.pg]
-type = "postgres"
-inputs = ["split"]
-endpoint = "{url}"
-"#,
-        data = dir.path().join("data").display(),
-        rules = rules.display(),
+preview_bytes = 4"#,
+        rules.display()
     );
-    let first = write_config(dir.path(), &first).display().to_string();
+    let first = pg_pipeline(dir.path(), &url, &transforms, "split", "");
     let input = generated(&["--events", "300", "--seed", "5", "--large-outputs", "0"]);
     replay(&first, &input, dir.path());
     let second = pg_config(dir.path(), &url, "");
