@@ -137,6 +137,19 @@ async fn snapshot(pool: &PgPool, table: &str, except: &[&str]) -> Vec<BTreeMap<S
     out
 }
 
+/// Asserts one row in `security_audit` per CONTAINER_CREATED and in `security_events` per
+/// RESOURCE_VIOLATION, given the number of events of a type.
+async fn assert_security_rows(pool: &PgPool, of_type: impl Fn(&str) -> i64) {
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM security_audit").await,
+        of_type("CONTAINER_CREATED")
+    );
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM security_events").await,
+        of_type("RESOURCE_VIOLATION")
+    );
+}
+
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -272,14 +285,7 @@ fn replay_stores_every_table_and_a_second_replay_changes_nothing() {
             count(&pool, "SELECT count(*) FROM events").await,
             good.len() as i64
         );
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM security_audit").await,
-            of_type("CONTAINER_CREATED")
-        );
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM security_events").await,
-            of_type("RESOURCE_VIOLATION")
-        );
+        assert_security_rows(&pool, of_type).await;
         let evals: std::collections::BTreeSet<&str> = good
             .iter()
             .filter(|v| v["type"].as_str().unwrap().starts_with("EVALUATION_"))
@@ -393,19 +399,13 @@ fn a_replay_over_half_stored_events_stores_the_rest() {
         let pool = pool(&url).await;
         assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 4000);
         let of_type = |t: &str| {
+            let t = format!("\"{t}\"");
             lines
                 .iter()
-                .filter(|l| std::str::from_utf8(l).unwrap().contains(t))
+                .filter(|l| std::str::from_utf8(l).unwrap().contains(&t))
                 .count() as i64
         };
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM security_audit").await,
-            of_type("\"CONTAINER_CREATED\"")
-        );
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM security_events").await,
-            of_type("\"RESOURCE_VIOLATION\"")
-        );
+        assert_security_rows(&pool, of_type).await;
     });
 }
 

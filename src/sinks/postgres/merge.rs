@@ -28,7 +28,7 @@ use sqlx::Arguments;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
 
-use super::rows::{json_text, pg_text, unnest_rows};
+use super::rows::{json_text, pg_text, text_bytes, unnest_rows};
 use crate::event::{Body, Event};
 
 /// The key that orders the events of one stage: fixed-width UTC time, then the event id, so
@@ -202,9 +202,7 @@ impl<'a> EvalColumns<'a> {
     /// The parameters of [`UPSERT`] for the records in `r`, in the order of [`PARAMETERS`], in
     /// a buffer allocated once at its full size.
     pub fn arguments(&self, r: Range<usize>) -> Result<PgArguments, BoxDynError> {
-        let long = |column: &[Option<Cow<str>>]| -> usize {
-            column[r.clone()].iter().flatten().map(|s| s.len()).sum()
-        };
+        let long = |column: &[Option<Cow<str>>]| text_bytes(&column[r.clone()]);
         // Ids, keys, times and lengths take less than 512 bytes a record.
         let bytes = 512 * r.len()
             + [
@@ -321,14 +319,11 @@ impl<'a> EvalColumns<'a> {
         {
             // The field holds the whole output, or its preview when split stored it outside.
             let stored = w.event.stored("output");
-            let whole = match stored {
-                Some(_) => None,
-                None => {
-                    let (text, in_event) = text_or_event(w.event, "output", output);
-                    output_in_event = in_event;
-                    text
-                }
+            let (whole, in_event) = match stored {
+                Some(_) => (None, None),
+                None => text_or_event(w.event, "output", output),
             };
+            output_in_event = in_event;
             completed = (
                 Some(*success),
                 whole,

@@ -280,8 +280,10 @@ struct Writer {
     routes: Routes,
     /// Where committed `evaluations` rows go (the Redis cache), when a redis sink exists.
     cache: Option<CacheSender>,
-    /// Of `events`, `security_audit` and `security_events`.
-    replaying: [Replaying; 3],
+    /// Whether `events`, `security_audit` and `security_events` are meeting stored rows.
+    events_replaying: Replaying,
+    audit_replaying: Replaying,
+    violations_replaying: Replaying,
     ctx: SinkContext,
 }
 
@@ -304,7 +306,9 @@ impl PostgresSink {
                 pool,
                 routes: TABLE_ROUTES.into_iter().collect(),
                 cache,
-                replaying: Default::default(),
+                events_replaying: Replaying::default(),
+                audit_replaying: Replaying::default(),
+                violations_replaying: Replaying::default(),
                 ctx,
             }),
             in_flight: JoinSet::new(),
@@ -428,20 +432,20 @@ impl Writer {
             let outcome = futures_util::join!(
                 once(&mut progress.events, || write_events(
                     &self.pool,
-                    &self.replaying[0],
+                    &self.events_replaying,
                     &events,
                     &rows
                 )),
                 once(&mut progress.audit, || write_security(
                     &self.pool,
-                    &self.replaying[1],
+                    &self.audit_replaying,
                     &flat,
                     &audit,
                     SecurityTable::Audit
                 )),
                 once(&mut progress.violations, || write_security(
                     &self.pool,
-                    &self.replaying[2],
+                    &self.violations_replaying,
                     &flat,
                     &violations,
                     SecurityTable::Events

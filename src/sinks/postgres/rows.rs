@@ -37,6 +37,11 @@ pub fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     String::from_utf8(out).expect("JSON is UTF-8")
 }
 
+/// Bytes of the texts of a column, for sizing a statement's parameter buffer.
+pub fn text_bytes(column: &[Option<Cow<str>>]) -> usize {
+    column.iter().flatten().map(|s| s.len()).sum()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -134,9 +139,7 @@ impl<'a> EventColumns<'a> {
     /// The parameters of [`EVENTS_INSERT`] for the rows in `r`, in a buffer allocated once at
     /// its full size (growing it a column at a time copied every byte again, and again).
     pub fn arguments(&self, r: Range<usize>) -> Result<PgArguments, BoxDynError> {
-        let texts = |column: &[Option<Cow<str>>]| -> usize {
-            column[r.clone()].iter().flatten().map(|s| s.len()).sum()
-        };
+        let texts = |column: &[Option<Cow<str>>]| text_bytes(&column[r.clone()]);
         // Each element has a 4-byte length; a timestamp is 8 bytes; 64 bytes of array header.
         let bytes = 10 * (64 + 4 * r.len())
             + 8 * r.len()

@@ -3,12 +3,10 @@
 //! bisection.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::LazyLock;
-
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -78,14 +76,22 @@ fn encoding(e: BoxDynError) -> Failure {
     )))
 }
 
+/// What [`bisect`] found: the refused rows with the server's error, and what `op` returned for
+/// each range it stored.
+struct Bisected<T> {
+    refused: Vec<(usize, String)>,
+    stored: Vec<T>,
+}
+
 /// Runs `op` on `0..len`; when the server refuses the data, splits the range in halves and
-/// tries again, down to single rows. Returns the refused rows with the server's error.
-async fn bisect<F, Fut>(len: usize, mut op: F) -> Result<Vec<(usize, String)>, SinkError>
+/// tries again, down to single rows.
+async fn bisect<T, F, Fut>(len: usize, mut op: F) -> Result<Bisected<T>, SinkError>
 where
     F: FnMut(Range<usize>) -> Fut,
-    Fut: Future<Output = Result<(), Failure>>,
+    Fut: Future<Output = Result<T, Failure>>,
 {
     let mut refused = Vec::new();
+    let mut stored = Vec::new();
     let mut ranges: Vec<Range<usize>> = Vec::new();
     ranges.push(0..len);
     while let Some(range) = ranges.pop() {
@@ -93,7 +99,7 @@ where
             continue;
         }
         match op(range.clone()).await {
-            Ok(()) => {}
+            Ok(value) => stored.push(value),
             Err(Failure::Sink(e)) => return Err(e),
             Err(Failure::Data(message)) if range.len() == 1 => refused.push((range.start, message)),
             Err(Failure::Data(_)) => {
@@ -103,7 +109,7 @@ where
             }
         }
     }
-    Ok(refused)
+    Ok(Bisected { refused, stored })
 }
 
 /// An INSERT of rows with a unique `event_id`: as it is, and followed by `ON CONFLICT DO
@@ -185,26 +191,20 @@ pub(super) async fn write_events(
 ) -> Result<EventsWritten, SinkError> {
     static INSERT: LazyLock<InsertNew> = LazyLock::new(|| InsertNew::new(EVENTS_INSERT.clone()));
     let c = columns;
-    let skipped = Mutex::new(Vec::new());
     // One statement, so one transaction without BEGIN and COMMIT round trips.
-    let refused = bisect(c.len(), |r: Range<usize>| {
-        let skipped = &skipped;
-        async move {
-            let ids = &c.id[r.clone()];
-            let found =
-                insert_new(pool, replaying, &INSERT, ids, || c.arguments(r.clone())).await?;
-            let mut skipped = skipped.lock().expect("not poisoned");
-            skipped.extend(found.into_iter().map(|i| positions[r.start + i]));
-            Ok(())
-        }
+    let done = bisect(c.len(), |r: Range<usize>| async move {
+        let ids = &c.id[r.clone()];
+        let skipped = insert_new(pool, replaying, &INSERT, ids, || c.arguments(r.clone())).await?;
+        Ok(skipped.into_iter().map(move |i| positions[r.start + i]))
     })
     .await?;
     Ok(EventsWritten {
-        refused: refused
+        refused: done
+            .refused
             .into_iter()
             .map(|(r, m)| (positions[r], m))
             .collect(),
-        skipped: skipped.into_inner().expect("not poisoned"),
+        skipped: done.stored.into_iter().flatten().collect(),
     })
 }
 
@@ -220,7 +220,7 @@ pub(super) async fn write_evaluations(
         return Ok(Vec::new());
     }
     let c = &EvalColumns::new(records, in_events);
-    let refused = bisect(records.len(), |r: Range<usize>| async move {
+    let done = bisect(records.len(), |r: Range<usize>| async move {
         let arguments = c.arguments(r).map_err(encoding)?;
         // One statement, so one transaction without BEGIN and COMMIT round trips.
         sqlx::query_with(UPSERT.as_str(), arguments)
@@ -229,7 +229,8 @@ pub(super) async fn write_evaluations(
         Ok(())
     })
     .await?;
-    Ok(refused
+    Ok(done
+        .refused
         .into_iter()
         .flat_map(|(r, m)| records[r].events.iter().map(move |&i| (i, m.clone())))
         .collect())
@@ -340,13 +341,12 @@ pub(super) async fn write_security(
         args.add(&cols[3][r.clone()])?;
         Ok(args)
     };
-    let refused = bisect(events.len(), |r: Range<usize>| async move {
+    let done = bisect(events.len(), |r: Range<usize>| async move {
         let ids = &ids[r.clone()];
         insert_new(pool, replaying, table.insert(), ids, || {
             arguments(r.clone())
         })
-        .await?;
-        Ok(())
+        .await
     })
     .await?;
     // Back from positions among `events` to positions in the write.
@@ -361,7 +361,11 @@ pub(super) async fn write_security(
             )
         })
         .collect();
-    Ok(refused.into_iter().map(|(r, m)| (in_write[r], m)).collect())
+    Ok(done
+        .refused
+        .into_iter()
+        .map(|(r, m)| (in_write[r], m))
+        .collect())
 }
 
 /// The committed `evaluations` rows of `eval_ids`, as the cache holds them.
@@ -411,7 +415,7 @@ mod tests {
     async fn bisection_finds_the_refused_rows() {
         let bad = [3usize, 4, 9];
         let mut calls = 0;
-        let refused = bisect(10, |r: Range<usize>| {
+        let done = bisect(10, |r: Range<usize>| {
             calls += 1;
             let outcome = if bad.iter().any(|b| r.contains(b)) {
                 Err(Failure::Data(format!("bad in {r:?}")))
@@ -422,7 +426,7 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("no sink error"));
-        let positions: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        let positions: Vec<usize> = done.refused.iter().map(|(i, _)| *i).collect();
         assert_eq!(positions, bad);
         assert!(calls < 20, "{calls} calls");
     }
