@@ -495,18 +495,15 @@ fn an_event_the_server_refuses_is_a_dead_letter_and_the_rest_are_stored() {
     block_on(async {
         let pool = pool(&url).await;
         assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 51);
-        let code: String =
-            sqlx::query_scalar("SELECT code FROM evaluations WHERE eval_id = 'e-nul'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        assert_eq!(code, "a\\u0000b");
-        let code: String =
-            sqlx::query_scalar("SELECT code FROM evaluations WHERE eval_id = 'e-long'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        assert_eq!(code, "long code");
+        for (eval_id, expected) in [("e-nul", "a\\u0000b"), ("e-long", "long code")] {
+            let code: String =
+                sqlx::query_scalar("SELECT code FROM evaluations WHERE eval_id = $1")
+                    .bind(eval_id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(code, expected, "{eval_id}");
+        }
         let payload: Value =
             sqlx::query_scalar("SELECT payload FROM events WHERE event_id = 'nul'")
                 .fetch_one(&pool)
