@@ -316,9 +316,8 @@ mod tests {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
-        let redactor = Arc::new(crate::transforms::redact::Redactor::builtin().clone());
         let (dead_letters, thread) =
-            dead_letter::spawn(dir.path().to_path_buf(), redactor, stats.clone());
+            dead_letter::spawn(dir.path().to_path_buf(), None, stats.clone());
         let ctx = SinkContext {
             name: "recorder".into(),
             // Two batches reach 6 events, over 5 events' bytes: the write stops there.

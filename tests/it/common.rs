@@ -84,11 +84,8 @@ pub fn sink_context(
 ) -> (evalsink::sinks::SinkContext, std::thread::JoinHandle<()>) {
     use std::sync::Arc;
     let stats = Arc::new(evalsink::stats::Stats::default());
-    let (dead_letters, thread) = evalsink::sinks::dead_letter::spawn(
-        dir.join("dead-letter"),
-        Arc::new(evalsink::transforms::redact::Redactor::new(&Default::default()).unwrap()),
-        stats.clone(),
-    );
+    let (dead_letters, thread) =
+        evalsink::sinks::dead_letter::spawn(dir.join("dead-letter"), None, stats.clone());
     let ctx = evalsink::sinks::SinkContext {
         name: name.into(),
         batch: evalsink::sinks::BatchConfig {
