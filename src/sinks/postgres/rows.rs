@@ -50,6 +50,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// the payload as JSON text; the server puts them into the `jsonb` ([`EVENTS_INSERT`]).
 pub const TEXT_FIELDS: [&str; 4] = ["code", "output", "error", "traceback"];
 
+/// The columns of [`EVENTS_INSERT`] before the [`TEXT_FIELDS`], with their array types.
+const EVENTS_COLUMNS: [(&str, &str); 6] = [
+    ("id", "text"),
+    ("type", "text"),
+    ("ts", "timestamptz"),
+    ("eval_id", "text"),
+    ("tenant_id", "text"),
+    ("rest", "text"),
+];
+
+/// How many parameters [`EVENTS_INSERT`] has.
+const EVENTS_PARAMETERS: usize = EVENTS_COLUMNS.len() + TEXT_FIELDS.len();
+
 /// Inserts rows of `events` from column arrays (the sink adds `ON CONFLICT` when it meets stored
 /// event_ids, see `tables::InsertNew`).
 ///
@@ -59,14 +72,7 @@ pub const TEXT_FIELDS: [&str; 4] = ["code", "output", "error", "traceback"];
 /// ([`TEXT_FIELDS`]) are sent as `text` and joined to the rest of the payload by the server
 /// (`||` with an empty object costs nothing).
 pub static EVENTS_INSERT: LazyLock<String> = LazyLock::new(|| {
-    let mut columns = vec![
-        ("id", "text"),
-        ("type", "text"),
-        ("ts", "timestamptz"),
-        ("eval_id", "text"),
-        ("tenant_id", "text"),
-        ("rest", "text"),
-    ];
+    let mut columns = EVENTS_COLUMNS.to_vec();
     columns.extend(TEXT_FIELDS.map(|f| (f, "text")));
     let rows = unnest_rows(&columns);
     let texts: String = TEXT_FIELDS
@@ -141,7 +147,7 @@ impl<'a> EventColumns<'a> {
     pub fn arguments(&self, r: Range<usize>) -> Result<PgArguments, BoxDynError> {
         let texts = |column: &[Option<Cow<str>>]| text_bytes(&column[r.clone()]);
         // Each element has a 4-byte length; a timestamp is 8 bytes; 64 bytes of array header.
-        let bytes = 10 * (64 + 4 * r.len())
+        let bytes = EVENTS_PARAMETERS * (64 + 4 * r.len())
             + 8 * r.len()
             + self.id[r.clone()].iter().map(|s| s.len()).sum::<usize>()
             + self.kind[r.clone()].iter().map(|s| s.len()).sum::<usize>()
@@ -150,7 +156,7 @@ impl<'a> EventColumns<'a> {
             + texts(&self.tenant_id)
             + self.texts.iter().map(|c| texts(c)).sum::<usize>();
         let mut args = PgArguments::default();
-        args.reserve(10, bytes);
+        args.reserve(EVENTS_PARAMETERS, bytes);
         args.add(&self.id[r.clone()])?;
         args.add(&self.kind[r.clone()])?;
         args.add(&self.ts[r.clone()])?;
@@ -160,6 +166,7 @@ impl<'a> EventColumns<'a> {
         for column in &self.texts {
             args.add(&column[r.clone()])?;
         }
+        debug_assert_eq!(args.len(), EVENTS_PARAMETERS);
         Ok(args)
     }
 
