@@ -84,7 +84,7 @@ impl BatchConfig {
 }
 
 /// Why a write failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// The server is down or unreachable: retried with backoff for as long as it takes, while
     /// the pipeline waits.

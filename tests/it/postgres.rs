@@ -1262,6 +1262,69 @@ impl Drop for OwnPostgres {
 /// While the server is down, a write waits and its batch stays unacknowledged; once the server
 /// is back, the write is retried, committed, and only then acknowledged.
 #[test]
+fn a_lane_merges_the_lifecycle_of_several_writes_and_stores_it_in_time() {
+    let url = fresh_database("lane_window");
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = PostgresConfig {
+            endpoint: url.clone(),
+            batch: evalsink::sinks::BatchConfig {
+                max_events: 2000,
+                max_bytes: evalsink::sinks::DEFAULT_BATCH_MAX_BYTES,
+                timeout_secs: 0.5,
+            },
+            ..PostgresConfig::default()
+        };
+        let mut sink = PostgresSink::connect(&config, None, ctx).await.unwrap();
+        // One eval's four stages, each in a write of its own; no flush.
+        let mut acks = Vec::new();
+        for stage in 0..4u8 {
+            let step = Step {
+                stage,
+                variant: 0,
+                at: stage as i64,
+                tenant: None,
+            };
+            let (ack, acked) = Ack::new();
+            let events = events_of(&[lifecycle_line("e1", &step)], true);
+            sink.write(&[Arc::new(Batch::new(events, ack))])
+                .await
+                .unwrap();
+            acks.push(acked);
+        }
+        for acked in acks {
+            let status = tokio::time::timeout(std::time::Duration::from_secs(10), acked)
+                .await
+                .expect("acknowledged within the lane's time, without a flush")
+                .unwrap();
+            assert_eq!(status, evalsink::event::AckStatus::Delivered);
+        }
+        let pool = pool(&url).await;
+        let row = sqlx::query(
+            "SELECT status, code, executor_id, error, ctid::text AS ctid FROM evaluations",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(row.get::<String, _>("status"), "failed");
+        assert!(row.get::<Option<String>, _>("code").is_some());
+        assert!(row.get::<Option<String>, _>("executor_id").is_some());
+        assert!(row.get::<Option<String>, _>("error").is_some());
+        // The first tuple of the table: the four writes made one insert and no update.
+        assert_eq!(row.get::<String, _>("ctid"), "(0,1)");
+        sink.flush(true).await.unwrap();
+    });
+    dead_letter_thread.join().unwrap();
+    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
+}
+
+#[test]
 fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
     // Below the ephemeral range (32768–60999 here): a port in it can be taken at any moment by
     // another test's outgoing connection, and the server then fails to start.

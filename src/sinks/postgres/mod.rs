@@ -4,13 +4,15 @@
 //! made has committed; the rows of `evaluations` it committed then go to the Redis cache.
 //!
 //! A write is set-based (see [`tables`]): one statement over column arrays per table, `events`
-//! and the security tables first, then `evaluations`, which reads the long texts (code, output)
+//! and the security tables first; then its lifecycle events go to the lanes of `evaluations`
+//! (see [`lanes`]), which merge those of several writes and read the long texts (code, output)
 //! of the events stored just before from their rows instead of having them sent twice. Several
 //! writes are in the server at once, each in a task of its own. Events the server refuses for
 //! their data are found by bisection and go to the dead letters with the server's error; the
 //! rest are stored. A lost connection or a server restart is retried with backoff while the
 //! pipeline waits.
 
+mod lanes;
 pub mod merge;
 pub mod rows;
 mod tables;
@@ -23,24 +25,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use serde::Deserialize;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Postgres};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::dead_letter::{DeadLetter, Reason};
 use super::evaluation::{CacheSender, CacheUpdate};
 use super::redis::redacted_url;
 use super::{BatchConfig, Retry, Sink, SinkContext, SinkError, Written, dead_letter_all};
-use crate::event::{Batch, Event, Route, Routes};
-use merge::merge_evaluations;
+use crate::event::{Ack, Batch, Event, Route, Routes};
+use lanes::{LANES, lane_of};
 use rows::EventColumns;
 use tables::{
-    EventsWritten, Failure, Replaying, SecurityTable, has_code, read_cache_rows, write_evaluations,
-    write_events, write_security,
+    EventsWritten, Failure, Replaying, SecurityTable, has_code, read_cache_rows, write_events,
+    write_security,
 };
 
 /// The migrations in `migrations/`, compiled in.
@@ -244,35 +245,24 @@ const TABLE_ROUTES: [Route; 4] = [
 
 /// The sink. Each write is handed to a task of its own and `write` returns as soon as it is
 /// under way, so that several writes are in the server at once and the next one is prepared
-/// meanwhile; at most `pool_size` are in flight (then `write` waits: backpressure). A write's
-/// task holds its batches, and so their acknowledgements, until every row is committed.
+/// meanwhile; at most `pool_size` store their `events` and security rows at once (then `write`
+/// waits: backpressure). Then a write hands its lifecycle events to the lanes of
+/// `evaluations` (see [`lanes`]). A write's task holds its batches, and so their
+/// acknowledgements, until every row is committed.
 pub struct PostgresSink {
     writer: Arc<Writer>,
     in_flight: JoinSet<()>,
     permits: Arc<Semaphore>,
-    /// Per lane of `evaluations`, resolves once the previous write has committed its rows in
-    /// that lane and handed them to the cache (see [`EVALUATION_LANES`]).
-    previous: Vec<Option<oneshot::Receiver<()>>>,
+    /// The lanes' queues; dropped by the last flush, which ends the lanes (a write after it
+    /// starts them again).
+    lanes: Option<Vec<mpsc::Sender<lanes::Work>>>,
+    lane_tasks: JoinSet<()>,
+    window: lanes::Window,
 }
 
-/// `evaluations` is written in lanes that work in parallel: each eval_id belongs to one lane
-/// (by a hash), and a lane commits the rows of one write after the other, in the order of the
-/// writes, then hands them to the cache. So the cache ends with the last committed row of
-/// every eval, and two transactions never update the same row at once.
-const EVALUATION_LANES: usize = 2;
-
-fn lane_of(eval_id: &str) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    eval_id.hash(&mut h);
-    h.finish() as usize % EVALUATION_LANES
-}
-
-/// One write's turn in a lane: wait for `previous`, signal `done`.
-struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    done: Option<oneshot::Sender<()>>,
-}
+/// Input bytes of the writes a lane of `evaluations` merges at most, beside
+/// `batch.timeout_secs` (see [`lanes::Window`]).
+const LANE_WINDOW_BYTES: usize = 64 << 20;
 
 /// What the writes of one sink share.
 struct Writer {
@@ -296,24 +286,31 @@ impl PostgresSink {
         ctx: SinkContext,
     ) -> Result<PostgresSink, PostgresSinkError> {
         // One connection per write in flight, and one per lane of `evaluations`.
-        let connections = config.pool_size + EVALUATION_LANES as u32;
+        let connections = config.pool_size + LANES as u32;
         let pool = connect_pool(&config.endpoint, connections).await?;
         if config.migrate {
             migrate(&pool, &config.endpoint).await?;
         }
+        let writer = Arc::new(Writer {
+            pool,
+            routes: TABLE_ROUTES.into_iter().collect(),
+            cache,
+            events_replaying: Replaying::default(),
+            audit_replaying: Replaying::default(),
+            violations_replaying: Replaying::default(),
+            ctx,
+        });
+        let window = lanes::Window {
+            max_bytes: LANE_WINDOW_BYTES,
+            max_wait: Duration::from_secs_f64(config.batch.timeout_secs),
+        };
         Ok(PostgresSink {
-            writer: Arc::new(Writer {
-                pool,
-                routes: TABLE_ROUTES.into_iter().collect(),
-                cache,
-                events_replaying: Replaying::default(),
-                audit_replaying: Replaying::default(),
-                violations_replaying: Replaying::default(),
-                ctx,
-            }),
+            writer,
             in_flight: JoinSet::new(),
             permits: Arc::new(Semaphore::new(config.pool_size as usize)),
-            previous: (0..EVALUATION_LANES).map(|_| None).collect(),
+            lanes: None,
+            lane_tasks: JoinSet::new(),
+            window,
         })
     }
 }
@@ -324,23 +321,15 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batches: &[Arc<Batch>]) -> Result<Written, SinkError> {
-        let permit = self.permits.clone().acquire_owned().await;
-        let turns = self
-            .previous
-            .iter_mut()
-            .map(|previous| {
-                let (done, next) = oneshot::channel();
-                Turn {
-                    previous: previous.replace(next),
-                    done: Some(done),
-                }
-            })
-            .collect();
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        let lanes = self
+            .lanes
+            .get_or_insert_with(|| lanes::spawn(&self.writer, self.window, &mut self.lane_tasks))
+            .clone();
         let writer = self.writer.clone();
         let batches = batches.to_vec();
         self.in_flight.spawn(async move {
-            writer.store(&batches, turns).await;
-            drop(permit);
+            writer.store(&batches, lanes, permit).await;
         });
         while let Some(finished) = self.in_flight.try_join_next() {
             finished.expect("a postgres write does not panic");
@@ -351,8 +340,14 @@ impl Sink for PostgresSink {
 
     async fn flush(&mut self, last: bool) -> Result<(), SinkError> {
         if last {
+            // The lanes store what they hold as soon as the writes in flight have handed them
+            // theirs, and end.
+            self.lanes = None;
             while let Some(finished) = self.in_flight.join_next().await {
                 finished.expect("a postgres write does not panic");
+            }
+            while let Some(finished) = self.lane_tasks.join_next().await {
+                finished.expect("a lane of evaluations does not panic");
             }
         }
         Ok(())
@@ -399,8 +394,6 @@ struct Progress {
     events: Option<EventsWritten>,
     audit: Option<Vec<(usize, String)>>,
     violations: Option<Vec<(usize, String)>>,
-    /// One per lane.
-    evaluations: Vec<Option<Vec<(usize, String)>>>,
 }
 
 impl Writer {
@@ -408,24 +401,21 @@ impl Writer {
         event.routes.intersects(self.routes)
     }
 
-    /// Stores one write, retrying its failed parts with backoff; then counts it and sends its
-    /// refused events to the dead letters. Takes its turn in each lane of `evaluations`.
-    async fn store(&self, batches: &[Arc<Batch>], mut turns: Vec<Turn>) {
+    /// Stores one write: its `events` and security rows (retrying failed parts with backoff)
+    /// while it holds `permit`, then its lifecycle events through `lanes`; then counts it and
+    /// sends its refused events to the dead letters.
+    async fn store(
+        &self,
+        batches: &[Arc<Batch>],
+        lanes: Vec<mpsc::Sender<lanes::Work>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let flat = Flat::new(batches);
         let events = flat.routed(Route::Events, true);
         let audit = flat.routed(Route::SecurityAudit, true);
         let violations = flat.routed(Route::SecurityEvents, true);
-        let lifecycle = flat.routed(Route::Evaluations, false);
-        let mut lanes: Vec<Vec<merge::EvalRecord>> =
-            (0..EVALUATION_LANES).map(|_| Vec::new()).collect();
-        for record in merge_evaluations(lifecycle.iter().map(|&i| (i, flat.events[i]))) {
-            lanes[lane_of(record.eval_id)].push(record);
-        }
         let rows = EventColumns::new(events.iter().map(|&i| flat.events[i]));
-        let mut progress = Progress {
-            evaluations: vec![None; EVALUATION_LANES],
-            ..Progress::default()
-        };
+        let mut progress = Progress::default();
         let mut retry = Retry::new();
         loop {
             // Events first: the evaluations read the long texts of the events stored here.
@@ -451,44 +441,9 @@ impl Writer {
                     SecurityTable::Events
                 )),
             );
-            let mut failure = [outcome.0, outcome.1, outcome.2]
+            let failure = [outcome.0, outcome.1, outcome.2]
                 .into_iter()
                 .find_map(Result::err);
-            if failure.is_none() {
-                // Only rows this write stored: a row stored before may hold other texts (an
-                // earlier run's redaction, or a reference where split moved a field out).
-                let not_stored_here: HashSet<&str> = (progress.events.iter())
-                    .flat_map(|w| w.refused.iter().map(|(i, _)| i).chain(&w.skipped))
-                    .map(|&i| flat.events[i].id.as_str())
-                    .collect();
-                let in_events = |e: &Event| {
-                    e.routes.contains(Route::Events) && !not_stored_here.contains(e.id.as_str())
-                };
-                let outcome = join_all(
-                    progress
-                        .evaluations
-                        .iter_mut()
-                        .zip(&mut turns)
-                        .zip(&lanes)
-                        .map(|((slot, turn), records)| {
-                            once(slot, || async {
-                                if let Some(previous) = turn.previous.take() {
-                                    // An error means the previous write is gone: nothing to wait for.
-                                    let _ = previous.await;
-                                }
-                                let refused =
-                                    write_evaluations(&self.pool, records, in_events).await?;
-                                self.send_to_cache(batches, &flat, records).await?;
-                                if let Some(done) = turn.done.take() {
-                                    let _ = done.send(());
-                                }
-                                Ok(refused)
-                            })
-                        }),
-                )
-                .await;
-                failure = outcome.into_iter().find_map(Result::err);
-            }
             let Some(error) = failure else {
                 break;
             };
@@ -497,13 +452,58 @@ impl Writer {
                 return;
             }
         }
+        // Not needed while the lanes work.
+        drop(rows);
 
-        let evaluations = progress
-            .evaluations
-            .into_iter()
-            .flatten()
-            .flatten()
-            .collect();
+        // Only rows this write stored: a row stored before may hold other texts (an earlier
+        // run's redaction, or a reference where split moved a field out).
+        let not_stored_here: Arc<HashSet<String>> = Arc::new(
+            (progress.events.iter())
+                .flat_map(|w| w.refused.iter().map(|(i, _)| i).chain(&w.skipped))
+                .map(|&i| flat.events[i].id.clone())
+                .collect(),
+        );
+        let mut positions = vec![Vec::new(); LANES];
+        for i in flat.routed(Route::Evaluations, false) {
+            if let Some(eval_id) = flat.events[i].eval_id() {
+                positions[lane_of(eval_id)].push(i);
+            }
+        }
+        let bytes = batches.iter().map(|b| b.bytes()).sum();
+        let mut answers = Vec::new();
+        for (lane, positions) in lanes.iter().zip(positions) {
+            if positions.is_empty() {
+                continue;
+            }
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let work = lanes::Work {
+                batches: batches.to_vec(),
+                positions,
+                not_stored_here: not_stored_here.clone(),
+                bytes,
+                done,
+            };
+            // A closed lane answers below, as an error.
+            let _ = lane.send(work).await;
+            answers.push(answer);
+        }
+        // The lanes end once every sender is gone; the next write may start.
+        drop(lanes);
+        drop(permit);
+        let mut evaluations = Vec::new();
+        for answer in answers {
+            let error = match answer.await {
+                Ok(Ok(refused)) => {
+                    evaluations.extend(refused);
+                    continue;
+                }
+                Ok(Err(error)) => error,
+                Err(_) => SinkError::Failed("the lane of evaluations ended".into()),
+            };
+            dead_letter_all(batches, |e| self.accepts(e), &error, &self.ctx).await;
+            return;
+        }
+
         let tables = [
             ("events", progress.events.map(|w| w.refused)),
             ("evaluations", Some(evaluations)),
@@ -541,11 +541,12 @@ impl Writer {
     }
 
     /// Hands the committed rows of the evals that go to the cache to the redis sink, with the
-    /// acknowledgements of the write (released once the cache is written).
+    /// acknowledgements `acks` (released once the cache is written). `events` are the events
+    /// the records' positions refer to.
     async fn send_to_cache(
         &self,
-        batches: &[Arc<Batch>],
-        flat: &Flat<'_>,
+        acks: Vec<Ack>,
+        events: &[&Event],
         records: &[merge::EvalRecord<'_>],
     ) -> Result<(), SinkError> {
         let Some(cache) = &self.cache else {
@@ -556,7 +557,7 @@ impl Writer {
             .filter(|r| {
                 r.events
                     .iter()
-                    .any(|&i| flat.events[i].routes.contains(Route::EvalCache))
+                    .any(|&i| events[i].routes.contains(Route::EvalCache))
             })
             .map(|r| r.eval_id)
             .collect();
@@ -570,7 +571,6 @@ impl Writer {
                     Failure::Sink(e) => e,
                     Failure::Data(m) => SinkError::Failed(m),
                 })?;
-        let acks = batches.iter().map(|b| b.ack.clone()).collect();
         // The cache writer stops only after every postgres sink; a closed channel means the
         // run is being torn down.
         let _ = cache.send(CacheUpdate { rows, acks }).await;
