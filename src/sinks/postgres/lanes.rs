@@ -1,7 +1,8 @@
 //! The lanes of `evaluations`: each eval_id belongs to one lane (by a hash), and each lane is
 //! one task that takes the lifecycle events of the writes whose `events` rows have committed,
-//! merges those of several writes in memory and stores them in one statement; then it answers
-//! each write. A lane acknowledges nothing itself: every write waits for its answers.
+//! merges those of several writes in memory and stores them in one statement; then it hands
+//! the committed rows to the cache and answers each write, which holds its acknowledgements
+//! until then.
 //!
 //! Lanes work in parallel, and a lane stores one window after the other, so two transactions
 //! never update the same row at once and the cache gets the rows in the order they committed.
