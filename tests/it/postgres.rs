@@ -1259,19 +1259,29 @@ impl Drop for OwnPostgres {
     }
 }
 
-/// While the server is down, a write waits and its batch stays unacknowledged; once the server
-/// is back, the write is retried, committed, and only then acknowledged.
-#[test]
-fn a_lane_merges_the_lifecycle_of_several_writes_and_stores_it_in_time() {
-    let url = fresh_database("lane_window");
+/// Runs `test` on a two-thread runtime with a sink context whose dead letters go to a
+/// temporary folder; then checks that none went there.
+fn with_sink_context<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(evalsink::sinks::SinkContext) -> F,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
+        .unwrap()
+        .block_on(test(ctx));
+    dead_letter_thread.join().unwrap();
+    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
+}
+
+/// A lane holds the lifecycle events of several writes and stores them as one merge, without
+/// waiting for a flush: within `batch.timeout_secs`.
+#[test]
+fn a_lane_merges_the_lifecycle_of_several_writes_and_stores_it_in_time() {
+    let url = fresh_database("lane_window");
+    with_sink_context(|ctx| async move {
         let config = PostgresConfig {
             endpoint: url.clone(),
             batch: evalsink::sinks::BatchConfig {
@@ -1320,24 +1330,17 @@ fn a_lane_merges_the_lifecycle_of_several_writes_and_stores_it_in_time() {
         assert_eq!(row.get::<String, _>("ctid"), "(0,1)");
         sink.flush(true).await.unwrap();
     });
-    dead_letter_thread.join().unwrap();
-    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
 }
 
+/// While the server is down, a write waits and its batch stays unacknowledged; once the server
+/// is back, the write is retried, committed, and only then acknowledged.
 #[test]
 fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
     // Below the ephemeral range (32768–60999 here): a port in it can be taken at any moment by
     // another test's outgoing connection, and the server then fails to start.
     let server = OwnPostgres::start(25_432);
     let url = server.url("evalsink");
-    let dir = tempfile::tempdir().unwrap();
-    let (ctx, dead_letter_thread) = sink_context("pg", dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    with_sink_context(|ctx| async move {
         let config = PostgresConfig {
             endpoint: url.clone(),
             ..PostgresConfig::default()
@@ -1377,6 +1380,4 @@ fn a_write_waits_for_a_stopped_server_and_is_acknowledged_only_after_commit() {
         assert_eq!(count(&pool, "SELECT count(*) FROM evaluations").await, 50);
         sink.flush(true).await.unwrap();
     });
-    dead_letter_thread.join().unwrap();
-    assert!(dead_letters(&dir.path().join("dead-letter")).is_empty());
 }
