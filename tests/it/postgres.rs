@@ -1285,9 +1285,8 @@ fn a_lane_merges_the_lifecycle_of_several_writes_and_stores_it_in_time() {
         let config = PostgresConfig {
             endpoint: url.clone(),
             batch: evalsink::sinks::BatchConfig {
-                max_events: 2000,
-                max_bytes: evalsink::sinks::DEFAULT_BATCH_MAX_BYTES,
                 timeout_secs: 0.5,
+                ..PostgresConfig::default().batch
             },
             ..PostgresConfig::default()
         };
