@@ -64,7 +64,7 @@ pub struct PostgresConfig {
     /// connection more for each lane of `evaluations`.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Events in one write, its input bytes, and the longest wait to fill it (default 2000
+    /// Events in one write, its input bytes, and the longest wait to fill it (default 1000
     /// events, 32 MiB, 1 s).
     #[serde(default = "default_batch", deserialize_with = "batch")]
     pub batch: BatchConfig,
@@ -84,7 +84,7 @@ fn default_pool_size() -> u32 {
 
 fn default_batch() -> BatchConfig {
     BatchConfig {
-        max_events: 2000,
+        max_events: 1000,
         max_bytes: crate::sinks::DEFAULT_BATCH_MAX_BYTES,
         timeout_secs: 1.0,
     }
@@ -379,7 +379,10 @@ impl<'a> Flat<'a> {
 
     /// Positions of the events routed to `route`; with `unique`, the first of each event_id.
     fn routed(&self, route: Route, unique: bool) -> Vec<usize> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::with_capacity_and_hasher(
+            if unique { self.events.len() } else { 0 },
+            foldhash::fast::RandomState::default(),
+        );
         (0..self.events.len())
             .filter(|&i| self.events[i].routes.contains(route))
             .filter(|&i| !unique || seen.insert(self.events[i].id.as_str()))

@@ -108,8 +108,10 @@ pub struct EventColumns<'a> {
     pub ts: Vec<DateTime<Utc>>,
     pub eval_id: Vec<Option<Cow<'a, str>>>,
     pub tenant_id: Vec<Option<Cow<'a, str>>>,
-    /// The payload without the fields in `texts`.
-    pub rest: Vec<String>,
+    /// The payload of each row without the fields in `texts`: a range of `rest_text`.
+    pub rest: Vec<Range<usize>>,
+    /// The JSON texts of `rest`, one after the other (one allocation for the write).
+    pub rest_text: String,
     /// One column per name of [`TEXT_FIELDS`]: the field when it is a string split did not
     /// move out, else NULL.
     pub texts: [Vec<Option<Cow<'a, str>>>; TEXT_FIELDS.len()],
@@ -118,15 +120,16 @@ pub struct EventColumns<'a> {
 impl<'a> EventColumns<'a> {
     pub fn new(events: impl Iterator<Item = &'a Event>) -> EventColumns<'a> {
         let mut c = EventColumns::default();
+        let mut rest = Vec::new();
         for event in events {
             c.id.push(pg_text(&event.id));
             c.kind.push(event.event_type().as_str());
             c.ts.push(event.ts);
             c.eval_id.push(event.eval_id().map(pg_text));
             c.tenant_id.push(event.tenant_id.as_deref().map(pg_text));
-            let mut rest = Vec::new();
+            let start = rest.len();
             json::write_event_without(&mut rest, event, Nul::AsText, &TEXT_FIELDS);
-            c.rest.push(String::from_utf8(rest).expect("JSON is UTF-8"));
+            c.rest.push(start..rest.len());
             for (column, field) in c.texts.iter_mut().zip(TEXT_FIELDS) {
                 let text = match event.stored(field) {
                     Some(_) => None,
@@ -135,7 +138,16 @@ impl<'a> EventColumns<'a> {
                 column.push(text.map(pg_text));
             }
         }
+        c.rest_text = String::from_utf8(rest).expect("JSON is UTF-8");
         c
+    }
+
+    /// The `rest` JSON texts of the rows in `r`.
+    fn rest(&self, r: Range<usize>) -> Vec<&str> {
+        self.rest[r]
+            .iter()
+            .map(|t| &self.rest_text[t.clone()])
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -151,7 +163,7 @@ impl<'a> EventColumns<'a> {
             + 8 * r.len()
             + self.id[r.clone()].iter().map(|s| s.len()).sum::<usize>()
             + self.kind[r.clone()].iter().map(|s| s.len()).sum::<usize>()
-            + self.rest[r.clone()].iter().map(String::len).sum::<usize>()
+            + self.rest[r.clone()].iter().map(|t| t.len()).sum::<usize>()
             + texts(&self.eval_id)
             + texts(&self.tenant_id)
             + self.texts.iter().map(|c| texts(c)).sum::<usize>();
@@ -162,7 +174,7 @@ impl<'a> EventColumns<'a> {
         args.add(&self.ts[r.clone()])?;
         args.add(&self.eval_id[r.clone()])?;
         args.add(&self.tenant_id[r.clone()])?;
-        args.add(&self.rest[r.clone()])?;
+        args.add(self.rest(r.clone()))?;
         for column in &self.texts {
             args.add(&column[r.clone()])?;
         }
