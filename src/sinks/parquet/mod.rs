@@ -130,12 +130,6 @@ const ROW_GROUP_MEMORY: usize = 64 * 1024 * 1024;
 /// event type fits; a replay of many days completes the files of the days it has left behind.
 const UPLOAD_MEMORY: usize = 64 * 1024 * 1024;
 
-/// Bytes of events written between two returns of freed memory to the system: the encoders'
-/// large, short-lived buffers leave free holes in malloc's heaps that it keeps, and a long
-/// replay's memory crept up (315 MiB after 3 GB; 250 with this). After every write (about
-/// 12 MB) cost 15% of the throughput; once a second was not enough.
-const RELEASE_EVERY_BYTES: usize = 32 * 1024 * 1024;
-
 /// One open file per event type and date (UTC) of the events' `ts`.
 type Partition = (EventType, NaiveDate);
 
@@ -190,8 +184,6 @@ pub struct ParquetSink {
     /// Part of every file name: unique to this process.
     unique: String,
     counter: u64,
-    /// Bytes of events written since freed memory was last given back to the system.
-    unreleased: usize,
 }
 
 impl ParquetSink {
@@ -205,7 +197,6 @@ impl ParquetSink {
             unavailable: false,
             unique: format!("{:x}{:08x}", std::process::id(), fastrand::u32(..)),
             counter: 0,
-            unreleased: 0,
         }
     }
 
@@ -511,7 +502,6 @@ impl Sink for ParquetSink {
                 return Err(e);
             }
         }
-        let written_bytes: usize = groups.values().map(|g| g.bytes).sum();
         let jobs: Vec<(Partition, FileWriter, Group)> = groups
             .into_iter()
             .map(|(p, group)| {
@@ -565,11 +555,6 @@ impl Sink for ParquetSink {
             return Err(SinkError::Failed(format!("cannot encode Parquet: {e}")));
         }
         self.limit_memory().await;
-        self.unreleased += written_bytes;
-        if self.unreleased >= RELEASE_EVERY_BYTES {
-            crate::memory::release_free();
-            self.unreleased = 0;
-        }
         // Age is checked here too: under steady load the driver never idles long enough to
         // call `flush(false)`.
         self.roll().await;
