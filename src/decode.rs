@@ -101,6 +101,7 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
         tenant_id,
         slots,
         extra,
+        may_hold_nul,
     } = raw;
     let event_type = match type_name {
         None | Some(TypeName::Null) => {
@@ -180,6 +181,7 @@ pub fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<Event, Refusal> {
         body,
         extra: fields.into_extra(),
         stored: Vec::new(),
+        may_hold_nul,
         // The built-in routes, so that a pipeline without classify still reaches its stores;
         // classify sets them from its own rules.
         routes: Classification::builtin()
@@ -402,6 +404,8 @@ struct RawEvent {
     tenant_id: Option<Value>,
     slots: [Option<Value>; Field::COUNT],
     extra: Map<String, Value>,
+    /// See [`Event::may_hold_nul`]; only the fast path finds out.
+    may_hold_nul: bool,
 }
 
 impl RawEvent {
@@ -413,6 +417,7 @@ impl RawEvent {
             tenant_id: None,
             slots: Default::default(),
             extra: Map::new(),
+            may_hold_nul: true,
         }
     }
 }
@@ -735,6 +740,32 @@ mod tests {
 
     fn reason(line: &[u8]) -> Reason {
         decode_line(line, now()).unwrap_err().reason
+    }
+
+    #[test]
+    fn an_event_may_hold_nul_only_when_its_line_escapes_one() {
+        let metrics = |value: &str| {
+            let line = format!(
+                r#"{{"type":"EXECUTOR_HEALTH","executor_id":"x","status":"ok","metrics":{value}}}"#
+            );
+            decode_line(line.as_bytes(), now()).unwrap().may_hold_nul
+        };
+        assert!(!metrics(r#"{"a":"\\n","b":[1]}"#));
+        assert!(metrics(r#"{"a":["\u0000"]}"#), "in a nested value");
+        assert!(metrics(r#"{"\u0000":1}"#), "in a nested key");
+        let line = br#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":2,"k\u0000":1}"#;
+        assert!(decode_line(line, now()).unwrap().may_hold_nul, "in a key");
+        let line = br#"{"type":"EVALUATION_STARTED","eval_id":"e\u0000","executor_id":"x","start_time":"2026-01-01T00:00:00Z"}"#;
+        assert!(
+            decode_line(line, now()).unwrap().may_hold_nul,
+            "in a string"
+        );
+        let line =
+            b"{\"type\":\"QUEUE_METRICS\",\"queue_length\":1,\"processing_count\":2,\n\"x\":1}";
+        assert!(
+            decode_line(line, now()).unwrap().may_hold_nul,
+            "a line that only serde_json reads may"
+        );
     }
 
     #[test]

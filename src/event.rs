@@ -188,6 +188,10 @@ pub struct Event {
     pub extra: Map<String, Value>,
     /// Fields moved to object storage by the split transform.
     pub stored: Vec<StoredField>,
+    /// Whether a string of the event (key or value) may hold U+0000, which PostgreSQL refuses
+    /// in text: false when decoding saw no `\u0000` escape, so that the postgres sink need
+    /// not search its texts for one. (No transform adds one: rule names are plain ASCII.)
+    pub may_hold_nul: bool,
     /// Where classify sends it (set of stores).
     pub routes: Routes,
     /// Size of the input line in bytes (for byte-bounded queues and throughput).

@@ -23,6 +23,7 @@ pub(super) fn parse(line: &[u8]) -> Option<RawEvent> {
     let mut p = Scanner {
         bytes: line,
         pos: 0,
+        nul: false,
     };
     let mut raw = RawEvent::empty();
     p.spaces();
@@ -58,12 +59,15 @@ pub(super) fn parse(line: &[u8]) -> Option<RawEvent> {
         }
     }
     p.spaces();
+    raw.may_hold_nul = p.nul;
     (p.pos == line.len()).then_some(raw)
 }
 
 struct Scanner<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Whether a string read so far may hold U+0000 (see [`crate::event::Event::may_hold_nul`]).
+    nul: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -97,6 +101,8 @@ impl<'a> Scanner<'a> {
         let mut values =
             serde_json::Deserializer::from_slice(&self.bytes[self.pos..]).into_iter::<Value>();
         let value = values.next()?.ok()?;
+        let text = &self.bytes[self.pos..self.pos + values.byte_offset()];
+        self.nul |= memchr::memmem::find(text, b"\\u0000").is_some();
         self.pos += values.byte_offset();
         Some(value)
     }
@@ -168,7 +174,7 @@ impl<'a> Scanner<'a> {
 
     /// Writes the character of the escape after a backslash at `at - 1`; returns how many
     /// bytes follow the backslash.
-    fn escape(&self, at: usize, out: &mut Vec<u8>) -> Option<usize> {
+    fn escape(&mut self, at: usize, out: &mut Vec<u8>) -> Option<usize> {
         let simple = match *self.bytes.get(at)? {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -195,6 +201,7 @@ impl<'a> Scanner<'a> {
                     0xDC00..=0xDFFF => return None,
                     code => (code, 5),
                 };
+                self.nul |= code == 0;
                 let c = char::from_u32(code)?;
                 out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                 return Some(len);
@@ -243,6 +250,7 @@ mod tests {
         let mut p = Scanner {
             bytes: json.as_bytes(),
             pos: 1,
+            nul: false,
         };
         let s = p.string()?.into_owned();
         (p.pos == json.len()).then_some(s)

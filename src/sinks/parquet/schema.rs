@@ -541,6 +541,7 @@ pub(crate) mod tests {
                         Map::new()
                     },
                     stored,
+                    may_hold_nul: true,
                     routes: Routes::NONE,
                     size: 100,
                 }

@@ -122,6 +122,10 @@ impl<'a> EventColumns<'a> {
         let mut c = EventColumns::default();
         let mut rest = Vec::new();
         for event in events {
+            let pg_text = |s| match event.may_hold_nul {
+                true => pg_text(s),
+                false => Cow::Borrowed(s),
+            };
             c.id.push(pg_text(&event.id));
             c.kind.push(event.event_type().as_str());
             c.ts.push(event.ts);
