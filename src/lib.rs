@@ -7,7 +7,7 @@ pub mod decode;
 pub mod event;
 pub mod generate;
 pub mod json;
-pub mod memory;
+mod memory;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
