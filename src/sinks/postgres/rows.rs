@@ -122,15 +122,16 @@ impl<'a> EventColumns<'a> {
         let mut c = EventColumns::default();
         let mut rest = Vec::new();
         for event in events {
-            let pg_text = |s| match event.may_hold_nul {
+            // NUL is searched for only where decoding saw a `\u0000`.
+            let pg = |s| match event.may_hold_nul {
                 true => pg_text(s),
                 false => Cow::Borrowed(s),
             };
-            c.id.push(pg_text(&event.id));
+            c.id.push(pg(&event.id));
             c.kind.push(event.event_type().as_str());
             c.ts.push(event.ts);
-            c.eval_id.push(event.eval_id().map(pg_text));
-            c.tenant_id.push(event.tenant_id.as_deref().map(pg_text));
+            c.eval_id.push(event.eval_id().map(pg));
+            c.tenant_id.push(event.tenant_id.as_deref().map(pg));
             let start = rest.len();
             json::write_event_without(&mut rest, event, Nul::AsText, &TEXT_FIELDS);
             c.rest.push(start..rest.len());
@@ -139,7 +140,7 @@ impl<'a> EventColumns<'a> {
                     Some(_) => None,
                     None => event.string_field(field),
                 };
-                column.push(text.map(pg_text));
+                column.push(text.map(pg));
             }
         }
         c.rest_text = String::from_utf8(rest).expect("JSON is UTF-8");
