@@ -28,7 +28,7 @@ use sqlx::Arguments;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
 
-use super::rows::{json_text, pg_text, text_bytes, unnest_rows};
+use super::rows::{event_text, json_text, pg_text, text_bytes, unnest_rows};
 use crate::event::{Body, Event};
 
 /// The key that orders the events of one stage: fixed-width UTC time, then the event id, so
@@ -258,9 +258,9 @@ impl<'a> EvalColumns<'a> {
         // move it out: then the payload holds its reference instead).
         let text_or_event = |event: &'a Event, field: &str, text: &'a str| {
             if event.stored(field).is_none() && in_events(event) {
-                (None, Some(pg_text(&event.id)))
+                (None, Some(event_text(event, &event.id)))
             } else {
-                (Some(pg_text(text)), None)
+                (Some(event_text(event, text)), None)
             }
         };
         let text = |s: &'a str| Some(pg_text(s));

@@ -30,6 +30,16 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// `s`, a string of `event`, as PostgreSQL accepts it in a `text` column: searched for NUL only
+/// when decoding saw a `\u0000` in the event's line ([`Event::may_hold_nul`]).
+pub fn event_text<'a>(event: &Event, s: &'a str) -> Cow<'a, str> {
+    if event.may_hold_nul {
+        pg_text(s)
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// A JSON object as text that `jsonb` accepts.
 pub fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut out = Vec::new();
@@ -122,11 +132,7 @@ impl<'a> EventColumns<'a> {
         let mut c = EventColumns::default();
         let mut rest = Vec::new();
         for event in events {
-            // NUL is searched for only where decoding saw a `\u0000`.
-            let pg = |s| match event.may_hold_nul {
-                true => pg_text(s),
-                false => Cow::Borrowed(s),
-            };
+            let pg = |s| event_text(event, s);
             c.id.push(pg(&event.id));
             c.kind.push(event.event_type().as_str());
             c.ts.push(event.ts);

@@ -16,7 +16,7 @@ use sqlx::{Arguments, Row};
 
 use super::Flat;
 use super::merge::{self, EvalColumns, UPSERT};
-use super::rows::{EVENTS_INSERT, EventColumns, json_text, pg_text, unnest_rows};
+use super::rows::{EVENTS_INSERT, EventColumns, event_text, json_text, pg_text, unnest_rows};
 use crate::event::{Body, Event};
 use crate::sinks::SinkError;
 use crate::sinks::evaluation::EvalRow;
@@ -321,11 +321,12 @@ pub(super) async fn write_security(
             } => (container_id, violation_type, None, details),
             _ => unreachable!("filtered above"),
         };
-        ids.push(pg_text(&e.id));
-        cols[0].push(Some(pg_text(container)));
-        cols[1].push(Some(pg_text(second)));
-        cols[2].push(third.map(|s| pg_text(s)));
-        cols[3].push(e.tenant_id.as_deref().map(pg_text));
+        let pg = |s| event_text(e, s);
+        ids.push(pg(&e.id));
+        cols[0].push(Some(pg(container)));
+        cols[1].push(Some(pg(second)));
+        cols[2].push(third.map(|s| pg(s)));
+        cols[3].push(e.tenant_id.as_deref().map(pg));
         objects.push(json_text(object));
     }
     let ts: Vec<_> = events.iter().map(|e| e.ts).collect();
