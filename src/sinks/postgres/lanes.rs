@@ -120,7 +120,7 @@ async fn store(writer: &Writer, works: Vec<Work>) {
     let mut retry = Retry::new();
     let outcome = loop {
         let attempt = async {
-            let refused = write_evaluations(&writer.pool, &records, in_events).await?;
+            let refused = write_evaluations(&writer.lanes_pool, &records, in_events).await?;
             let acks = works
                 .iter()
                 .flat_map(|(batches, _, _)| batches.iter().map(|b| b.ack.clone()))
