@@ -280,7 +280,7 @@ impl Event {
     /// The whole event as one JSON object (as [`crate::json::write_event`] writes it).
     pub fn to_json(&self) -> Map<String, Value> {
         let mut text = Vec::new();
-        crate::json::write_event(&mut text, self, crate::json::Nul::Escape);
+        crate::json::write_event(&mut text, self, crate::json::Target::Json);
         serde_json::from_slice(&text).expect("events are written as JSON objects")
     }
 }

@@ -8,29 +8,33 @@ use serde_json::{Map, Value};
 
 use crate::event::{Body, Event, format_ts};
 
-/// How NUL (U+0000) is written. JSON escapes it as `\u0000`; PostgreSQL refuses that in
-/// `jsonb` (and NUL in `text`), so for PostgreSQL it is written as the six characters `\u0000`
-/// (the escape of a backslash, then `u0000`).
+/// Who reads the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nul {
-    Escape,
-    AsText,
+pub enum Target {
+    /// Any JSON reader: NUL (U+0000) is escaped as `\u0000`, keys come in the event's order.
+    Json,
+    /// PostgreSQL's `jsonb`, which refuses `\u0000` (and NUL in `text`): NUL is written as the
+    /// six characters `\u0000` (the escape of a backslash, then `u0000`). The members of each
+    /// object come in jsonb's own order of keys, shorter first, then byte by byte: jsonb sorts
+    /// every object it reads, and presorted keys spare it most of that work.
+    Jsonb,
 }
 
 /// Appends `event` as one JSON object to `out`: `event_id`, `type`, `timestamp`, `tenant_id`,
-/// the typed fields, then the extra fields; a field that split moved out is written as
-/// `{"ref", "size", "sha256", "preview"}`.
-pub fn write_event(out: &mut Vec<u8>, event: &Event, nul: Nul) {
-    write_event_without(out, event, nul, &[]);
+/// the typed fields, then the extra fields (for [`Target::Jsonb`], in jsonb's order); a field
+/// that split moved out is written as `{"ref", "size", "sha256", "preview"}` (jsonb's order too).
+pub fn write_event(out: &mut Vec<u8>, event: &Event, target: Target) {
+    write_event_without(out, event, target, &[]);
 }
 
 /// As [`write_event`], but leaves out the top-level string fields named in `left_out` (those
 /// that split did not move out: a moved field is written as its reference).
-pub fn write_event_without(out: &mut Vec<u8>, event: &Event, nul: Nul, left_out: &[&str]) {
+pub fn write_event_without(out: &mut Vec<u8>, event: &Event, target: Target, left_out: &[&str]) {
     let mut w = Writer {
+        start: out.len(),
         out,
-        nul,
-        first: true,
+        target,
+        members: Vec::new(),
     };
     w.out.push(b'{');
     w.str_field("event_id", &event.id);
@@ -45,13 +49,13 @@ pub fn write_event_without(out: &mut Vec<u8>, event: &Event, nul: Nul, left_out:
         Some(stored) => {
             w.key(field);
             w.out.extend_from_slice(b"{\"ref\":");
-            write_str(w.out, &stored.key, w.nul);
+            write_str(w.out, &stored.key, w.target);
             w.out.extend_from_slice(b",\"size\":");
             w.out.extend_from_slice(stored.size.to_string().as_bytes());
             w.out.extend_from_slice(b",\"sha256\":");
-            write_str(w.out, &stored.sha256, w.nul);
+            write_str(w.out, &stored.sha256, w.target);
             w.out.extend_from_slice(b",\"preview\":");
-            write_str(w.out, value, w.nul);
+            write_str(w.out, value, w.target);
             w.out.push(b'}');
         }
     };
@@ -148,25 +152,25 @@ pub fn write_event_without(out: &mut Vec<u8>, event: &Event, nul: Nul, left_out:
             Value::String(s) => text(&mut w, key, s),
             _ => {
                 w.key(key);
-                write_value(w.out, value, w.nul);
+                write_value(w.out, value, w.target);
             }
         }
     }
-    w.out.push(b'}');
+    w.finish();
 }
 
-/// Appends a JSON value (as `serde_json` would write it, but for `nul`).
-pub fn write_value(out: &mut Vec<u8>, value: &Value, nul: Nul) {
+/// Appends a JSON value (as `serde_json` would write it, but for `target`).
+pub fn write_value(out: &mut Vec<u8>, value: &Value, target: Target) {
     match value {
-        Value::String(s) => write_str(out, s, nul),
-        Value::Object(map) => write_map(out, map, nul),
+        Value::String(s) => write_str(out, s, target),
+        Value::Object(map) => write_map(out, map, target),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item, nul);
+                write_value(out, item, target);
             }
             out.push(b']');
         }
@@ -175,17 +179,26 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value, nul: Nul) {
     }
 }
 
-pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>, nul: Nul) {
+pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>, target: Target) {
+    let mut members: Vec<_> = map.iter().collect();
+    if target == Target::Jsonb {
+        members.sort_by(|(a, _), (b, _)| jsonb_key_order(a.as_bytes(), b.as_bytes()));
+    }
     out.push(b'{');
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_str(out, k, nul);
+        write_str(out, k, target);
         out.push(b':');
-        write_value(out, v, nul);
+        write_value(out, v, target);
     }
     out.push(b'}');
+}
+
+/// jsonb's order of keys: shorter first, then byte by byte.
+fn jsonb_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// Whole numbers are written as integers (`30`, not `30.0`).
@@ -199,35 +212,67 @@ fn write_number(out: &mut Vec<u8>, x: f64) {
     }
 }
 
+/// Writes the members of one object (from `{` to `}`, see [`Writer::finish`]).
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
-    nul: Nul,
-    first: bool,
+    target: Target,
+    /// Where the object starts in `out`.
+    start: usize,
+    /// Where each member starts in `out` (its key's opening quote), and its key's text.
+    members: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 impl Writer<'_> {
     fn key(&mut self, key: &str) {
-        if !self.first {
+        if !self.members.is_empty() {
             self.out.push(b',');
         }
-        self.first = false;
-        write_str(self.out, key, self.nul);
+        let start = self.out.len();
+        write_str(self.out, key, self.target);
+        self.members.push((start, start + 1..self.out.len() - 1));
         self.out.push(b':');
+    }
+
+    /// Closes the object; for [`Target::Jsonb`], with its members in jsonb's order.
+    fn finish(self) {
+        let out = self.out;
+        let key = |m: &(usize, std::ops::Range<usize>)| &out[m.1.clone()];
+        let sorted =
+            || (self.members.windows(2)).all(|w| jsonb_key_order(key(&w[0]), key(&w[1])).is_le());
+        if self.target == Target::Jsonb && !sorted() {
+            let mut order: Vec<usize> = (0..self.members.len()).collect();
+            order.sort_by(|&a, &b| jsonb_key_order(key(&self.members[a]), key(&self.members[b])));
+            // Member i runs to the comma before member i + 1, the last one to the end.
+            let body_start = self.start + 1;
+            let body = out[body_start..].to_vec();
+            let end = |i: usize| match self.members.get(i + 1) {
+                Some((next, _)) => next - 1 - body_start,
+                None => body.len(),
+            };
+            out.truncate(body_start);
+            for (n, &i) in order.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&body[self.members[i].0 - body_start..end(i)]);
+            }
+        }
+        out.push(b'}');
     }
 
     fn str_field(&mut self, key: &str, value: &str) {
         self.key(key);
-        write_str(self.out, value, self.nul);
+        write_str(self.out, value, self.target);
     }
 
     fn ts_field(&mut self, key: &str, ts: &DateTime<Utc>) {
         self.key(key);
-        write_str(self.out, &format_ts(ts), self.nul);
+        write_str(self.out, &format_ts(ts), self.target);
     }
 
     fn map_field(&mut self, key: &str, map: &Map<String, Value>) {
         self.key(key);
-        write_map(self.out, map, self.nul);
+        write_map(self.out, map, self.target);
     }
 }
 
@@ -242,7 +287,7 @@ fn needs_escape(v: u64) -> bool {
 }
 
 /// Appends `s` as a JSON string.
-pub fn write_str(out: &mut Vec<u8>, s: &str, nul: Nul) {
+pub fn write_str(out: &mut Vec<u8>, s: &str, target: Target) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
@@ -266,7 +311,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str, nul: Nul) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0 if nul == Nul::AsText => b"\\\\u0000",
+            0 if target == Target::Jsonb => b"\\\\u0000",
             0x00..=0x1f => b"",
             _ => {
                 i += 1;
@@ -298,9 +343,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str, nul: Nul) {
 mod tests {
     use super::*;
 
-    fn escaped(s: &str, nul: Nul) -> String {
+    fn escaped(s: &str, target: Target) -> String {
         let mut out = Vec::new();
-        write_str(&mut out, s, nul);
+        write_str(&mut out, s, target);
         String::from_utf8(out).unwrap()
     }
 
@@ -319,12 +364,12 @@ mod tests {
         ];
         for s in samples {
             assert_eq!(
-                escaped(s, Nul::Escape),
+                escaped(s, Target::Json),
                 serde_json::to_string(s).unwrap(),
                 "{s:?}"
             );
         }
-        assert_eq!(escaped("a\0b", Nul::AsText), r#""a\\u0000b""#);
+        assert_eq!(escaped("a\0b", Target::Jsonb), r#""a\\u0000b""#);
     }
 
     #[test]
@@ -334,15 +379,97 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        write_value(&mut out, &v, Nul::Escape);
+        write_value(&mut out, &v, Target::Json);
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), v);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             serde_json::to_string(&v).unwrap()
         );
         let mut pg = Vec::new();
-        write_value(&mut pg, &v, Nul::AsText);
+        write_value(&mut pg, &v, Target::Jsonb);
         let back: Value = serde_json::from_slice(&pg).unwrap();
         assert_eq!(back["e"], "\\u0000");
+    }
+
+    /// The keys of every object in `text`, depth first, each in the order of the text
+    /// (`serde_json::Map` sorts them).
+    fn keys(text: &[u8]) -> Vec<Vec<String>> {
+        use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+        struct Collect<'a>(&'a mut Vec<Vec<String>>);
+        impl<'de> DeserializeSeed<'de> for Collect<'_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Collect<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                let at = self.0.len();
+                self.0.push(Vec::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    self.0[at].push(key);
+                    map.next_value_seed(Collect(&mut *self.0))?;
+                }
+                Ok(())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while seq.next_element_seed(Collect(&mut *self.0))?.is_some() {}
+                Ok(())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_unit<E>(self) -> Result<(), E> {
+                Ok(())
+            }
+        }
+        let mut all = Vec::new();
+        Collect(&mut all)
+            .deserialize(&mut serde_json::Deserializer::from_slice(text))
+            .unwrap();
+        all
+    }
+
+    #[test]
+    fn for_jsonb_the_keys_come_in_jsonb_order_and_the_value_is_the_same() {
+        let lines = [
+            r#"{"type":"EVALUATION_QUEUED","event_id":"e1","timestamp":"2026-01-01T00:00:00Z","tenant_id":"t","eval_id":"x","code":"print(1)","language":"py","engine":"docker","timeout":5,"metadata":{"zz":1,"a":{"bbb":2,"cc":3},"user_id":"u"},"extra_field":[{"k2":1,"k":2}],"z":null}"#,
+            r#"{"type":"CONTAINER_CREATED","event_id":"e2","container_id":"c","eval_id":"x","image":"i","limits":{"memory_mb":1,"cpus":1,"pids":2,"network":"none"}}"#,
+            r#"{"type":"QUEUE_METRICS","queue_length":1,"processing_count":2}"#,
+        ];
+        for line in lines {
+            let event = crate::decode::decode_line(line.as_bytes(), Utc::now()).unwrap();
+            let (mut json, mut jsonb) = (Vec::new(), Vec::new());
+            write_event(&mut json, &event, Target::Json);
+            write_event(&mut jsonb, &event, Target::Jsonb);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&jsonb).unwrap(),
+                serde_json::from_slice::<Value>(&json).unwrap(),
+                "{line}"
+            );
+            for object in keys(&jsonb) {
+                let mut sorted = object.clone();
+                sorted.sort_by(|a, b| jsonb_key_order(a.as_bytes(), b.as_bytes()));
+                assert_eq!(object, sorted, "{line}");
+            }
+            let first = keys(&json).remove(0);
+            assert_eq!(first[..3], ["event_id", "type", "timestamp"], "{line}");
+        }
     }
 }

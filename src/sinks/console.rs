@@ -40,7 +40,7 @@ impl Sink for Console {
         let mut text = Vec::new();
         let mut events = 0;
         for event in batches.iter().flat_map(|b| &b.events) {
-            crate::json::write_event(&mut text, event, crate::json::Nul::Escape);
+            crate::json::write_event(&mut text, event, crate::json::Target::Json);
             text.push(b'\n');
             events += 1;
         }

@@ -156,7 +156,7 @@ impl DeadLetter {
             origin: Origin::new(component),
             raw: {
                 let mut text = Vec::new();
-                crate::json::write_event(&mut text, event, crate::json::Nul::Escape);
+                crate::json::write_event(&mut text, event, crate::json::Target::Json);
                 String::from_utf8(text).expect("JSON is UTF-8")
             },
             raw_bytes: None,

@@ -16,7 +16,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
 
 use crate::event::Event;
-use crate::json::{self, Nul};
+use crate::json::{self, Target};
 
 /// What NUL becomes in stored text.
 const NUL_REPLACEMENT: &str = "\\u0000";
@@ -43,7 +43,7 @@ pub fn event_text<'a>(event: &Event, s: &'a str) -> Cow<'a, str> {
 /// A JSON object as text that `jsonb` accepts.
 pub fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut out = Vec::new();
-    json::write_map(&mut out, map, Nul::AsText);
+    json::write_map(&mut out, map, Target::Jsonb);
     String::from_utf8(out).expect("JSON is UTF-8")
 }
 
@@ -139,7 +139,7 @@ impl<'a> EventColumns<'a> {
             c.eval_id.push(event.eval_id().map(pg));
             c.tenant_id.push(event.tenant_id.as_deref().map(pg));
             let start = rest.len();
-            json::write_event_without(&mut rest, event, Nul::AsText, &TEXT_FIELDS);
+            json::write_event_without(&mut rest, event, Target::Jsonb, &TEXT_FIELDS);
             c.rest.push(start..rest.len());
             for (column, field) in c.texts.iter_mut().zip(TEXT_FIELDS) {
                 let text = match event.stored(field) {
