@@ -237,8 +237,7 @@ impl Writer<'_> {
     fn finish(self) {
         let out = self.out;
         let key = |m: &(usize, std::ops::Range<usize>)| &out[m.1.clone()];
-        let sorted =
-            || (self.members.windows(2)).all(|w| jsonb_key_order(key(&w[0]), key(&w[1])).is_le());
+        let sorted = || (self.members).is_sorted_by(|a, b| jsonb_key_order(key(a), key(b)).is_le());
         if self.target == Target::Jsonb && !sorted() {
             let mut order: Vec<usize> = (0..self.members.len()).collect();
             order.sort_by(|&a, &b| jsonb_key_order(key(&self.members[a]), key(&self.members[b])));

@@ -274,7 +274,7 @@ struct Writer {
     /// `pool`, because a pool hands out its connections in turn: with one pool, all six server
     /// processes took a share of the `events` inserts, and each maps in every page of shared
     /// buffers it touches (an `events`-only load cost the server 4–9% more CPU than with four,
-    /// and 12–15% more page faults in all).
+    /// and 12–17% more page faults in all).
     lanes_pool: PgPool,
     routes: Routes,
     /// Where committed `evaluations` rows go (the Redis cache), when a redis sink exists.
