@@ -10,7 +10,8 @@
 # Each load also prints the CPU seconds of the server's backends (when the server runs here)
 # and of the client: on a machine where the server is CPU-bound, they say how far a load can go.
 #
-# Each is run ROUNDS times (default 3) on a fresh database; medians and ratios are printed.
+# Each is run ROUNDS times (default 3) on a fresh database; medians and their ratios are printed,
+# and each round's ratios to that round's \copy (how far the medians can be trusted).
 #
 #   benches/postgres.sh                 # 100000 events, seed 1
 #   EVENTS=300000 ROUNDS=5 benches/postgres.sh
@@ -113,7 +114,8 @@ printf 'input: %d events, %.1f MB of NDJSON; %d rows, %.1f MB for \\copy; %s; lo
 copy_ref() {
   psql_db -c "\\copy events (event_id, type, ts, eval_id, tenant_id, payload) FROM '$ROWS'"
 }
-A=() P=() B=() C=()
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+A=() P=() B=() C=() RB=() RC=()
 for round in $(seq 1 "$ROUNDS"); do
   fresh_db
   A+=("$(seconds copy_ref)")
@@ -124,10 +126,12 @@ for round in $(seq 1 "$ROUNDS"); do
   printf '         \\copy, pglz %ss (%s)\n' "${P[-1]}" "$(cpu)"
   fresh_db
   B+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$EVENTS_CFG" "$INPUT")")
-  printf '         events only %ss (%s)\n' "${B[-1]}" "$(cpu)"
+  RB+=("$(ratio "${A[-1]}" "${B[-1]}")")
+  printf '         events only %ss (%s), %sx \\copy (this round)\n' "${B[-1]}" "$(cpu)" "${RB[-1]}"
   fresh_db
   C+=("$(seconds "$BIN" replay --no-progress --no-migrate -c "$ALL_CFG" "$INPUT")")
-  printf '         all tables %ss (%s)\n' "${C[-1]}" "$(cpu)"
+  RC+=("$(ratio "${A[-1]}" "${C[-1]}")")
+  printf '         all tables %ss (%s), %sx \\copy (this round)\n' "${C[-1]}" "$(cpu)" "${RC[-1]}"
 done
 MA=$(echo "${A[*]}" | median)
 MP=$(echo "${P[*]}" | median)
@@ -136,10 +140,10 @@ MC=$(echo "${C[*]}" | median)
 rate() { awk -v n="$N" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
 printf '(a) psql \\copy into events:            %8s rows/s (median %ss)\n' "$(rate "$MA")" "$MA"
 printf "(a') psql \\copy, payload with pglz:     %8s rows/s (median %ss)\n" "$(rate "$MP")" "$MP"
-printf '(b) evalsink postgres, events only:    %8s rows/s (median %ss), %.2fx \\copy\n' \
-  "$(rate "$MB")" "$MB" "$(awk -v a="$MA" -v b="$MB" 'BEGIN { print a / b }')"
-printf '(c) evalsink postgres, every table:    %8s events/s (median %ss), %.2fx \\copy\n' \
-  "$(rate "$MC")" "$MC" "$(awk -v a="$MA" -v b="$MC" 'BEGIN { print a / b }')"
-printf '    against (a'"'"'): events only %.2fx, every table %.2fx\n' \
-  "$(awk -v a="$MP" -v b="$MB" 'BEGIN { print a / b }')" "$(awk -v a="$MP" -v b="$MC" 'BEGIN { print a / b }')"
+printf '(b) evalsink postgres, events only:    %8s rows/s (median %ss), %sx \\copy\n' \
+  "$(rate "$MB")" "$MB" "$(ratio "$MA" "$MB")"
+printf '(c) evalsink postgres, every table:    %8s events/s (median %ss), %sx \\copy\n' \
+  "$(rate "$MC")" "$MC" "$(ratio "$MA" "$MC")"
+printf '    against (a'"'"'): events only %sx, every table %sx\n' "$(ratio "$MP" "$MB")" "$(ratio "$MP" "$MC")"
+printf '    round by round: events only %s; every table %s\n' "${RB[*]}" "${RC[*]}"
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
