@@ -3,6 +3,8 @@
 //! `serde_json::Value` first), with a string escaper that skips over runs of plain bytes eight
 //! at a time: event text is mostly long strings of code and output.
 
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -180,12 +182,23 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value, target: Target) {
 }
 
 pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>, target: Target) {
-    let mut members: Vec<_> = map.iter().collect();
-    if target == Target::Jsonb {
-        members.sort_by(|(a, _), (b, _)| jsonb_key_order(a.as_bytes(), b.as_bytes()));
+    match target {
+        Target::Json => write_members(out, map.iter(), target),
+        Target::Jsonb => {
+            let mut members: Vec<_> = map.iter().collect();
+            members.sort_by(|(a, _), (b, _)| jsonb_key_order(a.as_bytes(), b.as_bytes()));
+            write_members(out, members.into_iter(), target);
+        }
     }
+}
+
+fn write_members<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    target: Target,
+) {
     out.push(b'{');
-    for (i, (k, v)) in members.into_iter().enumerate() {
+    for (i, (k, v)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -218,42 +231,58 @@ struct Writer<'a> {
     target: Target,
     /// Where the object starts in `out`.
     start: usize,
-    /// Where each member starts in `out` (its key's opening quote), and its key's text.
-    members: Vec<(usize, std::ops::Range<usize>)>,
+    /// For [`Target::Jsonb`], where each member is in `out`, to be put in jsonb's order.
+    members: Vec<Member>,
+}
+
+/// One member of an object, as ranges of the output: its key's text (without the quotes), and
+/// the whole member, from the key's opening quote to the end of its value.
+struct Member {
+    key: Range<usize>,
+    whole: Range<usize>,
 }
 
 impl Writer<'_> {
     fn key(&mut self, key: &str) {
-        if !self.members.is_empty() {
+        self.end_member();
+        if self.out.len() > self.start + 1 {
             self.out.push(b',');
         }
         let start = self.out.len();
         write_str(self.out, key, self.target);
-        self.members.push((start, start + 1..self.out.len() - 1));
+        if self.target == Target::Jsonb {
+            let key = start + 1..self.out.len() - 1;
+            self.members.push(Member {
+                key,
+                whole: start..start,
+            });
+        }
         self.out.push(b':');
     }
 
+    /// The last member's value ends where the output ends now.
+    fn end_member(&mut self) {
+        if let Some(last) = self.members.last_mut() {
+            last.whole.end = self.out.len();
+        }
+    }
+
     /// Closes the object; for [`Target::Jsonb`], with its members in jsonb's order.
-    fn finish(self) {
+    fn finish(mut self) {
+        self.end_member();
         let out = self.out;
-        let key = |m: &(usize, std::ops::Range<usize>)| &out[m.1.clone()];
-        let sorted = || (self.members).is_sorted_by(|a, b| jsonb_key_order(key(a), key(b)).is_le());
-        if self.target == Target::Jsonb && !sorted() {
-            let mut order: Vec<usize> = (0..self.members.len()).collect();
-            order.sort_by(|&a, &b| jsonb_key_order(key(&self.members[a]), key(&self.members[b])));
-            // Member i runs to the comma before member i + 1, the last one to the end.
+        let order =
+            |a: &Member, b: &Member| jsonb_key_order(&out[a.key.clone()], &out[b.key.clone()]);
+        if !self.members.is_sorted_by(|a, b| order(a, b).is_le()) {
+            self.members.sort_by(order);
             let body_start = self.start + 1;
             let body = out[body_start..].to_vec();
-            let end = |i: usize| match self.members.get(i + 1) {
-                Some((next, _)) => next - 1 - body_start,
-                None => body.len(),
-            };
             out.truncate(body_start);
-            for (n, &i) in order.iter().enumerate() {
-                if n > 0 {
+            for (i, m) in self.members.iter().enumerate() {
+                if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(&body[self.members[i].0 - body_start..end(i)]);
+                out.extend_from_slice(&body[m.whole.start - body_start..m.whole.end - body_start]);
             }
         }
         out.push(b'}');
