@@ -275,15 +275,16 @@ impl Writer<'_> {
             |a: &Member, b: &Member| jsonb_key_order(&out[a.key.clone()], &out[b.key.clone()]);
         if !self.members.is_sorted_by(|a, b| order(a, b).is_le()) {
             self.members.sort_by(order);
-            let body_start = self.start + 1;
-            let body = out[body_start..].to_vec();
-            out.truncate(body_start);
+            // The members in order after the body, then the body taken out: no buffer of its
+            // own for each event.
+            let body = self.start + 1..out.len();
             for (i, m) in self.members.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(&body[m.whole.start - body_start..m.whole.end - body_start]);
+                out.extend_from_within(m.whole.clone());
             }
+            out.drain(body);
         }
         out.push(b'}');
     }
