@@ -516,46 +516,13 @@ impl Document {
                     ));
                     continue;
                 };
+                let nodes = &mut config.nodes;
                 match kind.as_str() {
-                    "sources" => {
-                        let has_inputs = false;
-                        if let Some(c) = self.component(
-                            &kind,
-                            &name,
-                            body,
-                            has_inputs,
-                            &mut config.nodes,
-                            problems,
-                        ) {
-                            config.sources.push(c);
-                        }
-                    }
+                    "sources" => self.component(&name, body, nodes, &mut config.sources, problems),
                     "transforms" => {
-                        let has_inputs = true;
-                        if let Some(c) = self.component(
-                            &kind,
-                            &name,
-                            body,
-                            has_inputs,
-                            &mut config.nodes,
-                            problems,
-                        ) {
-                            config.transforms.push(c);
-                        }
+                        self.component(&name, body, nodes, &mut config.transforms, problems)
                     }
-                    "sinks" => {
-                        let has_inputs = true;
-                        if let Some(c) = self.component(
-                            &kind,
-                            &name,
-                            body,
-                            has_inputs,
-                            &mut config.nodes,
-                            problems,
-                        ) {
-                            config.sinks.push(c);
-                        }
-                    }
+                    "sinks" => self.component(&name, body, nodes, &mut config.sinks, problems),
                     _ => {
                         problems.push(self.top_problem(&kind, &format!("unknown key `{kind}`: the top level holds data_dir, [sources.*], [transforms.*] and [sinks.*]")));
                         break;
@@ -566,15 +533,18 @@ impl Document {
         config
     }
 
+    /// Parses the component `name` of section `T::SECTION` into `out`. Once it has a `type`, its
+    /// node goes into `nodes` even when its keys have problems, so that the checks of inputs
+    /// still know its name.
     fn component<T: ComponentKind>(
         &self,
-        kind: &str,
         name: &str,
         mut body: toml::Table,
-        has_inputs: bool,
         nodes: &mut Vec<Node>,
+        out: &mut Vec<Component<T>>,
         problems: &mut Vec<Problem>,
-    ) -> Option<Component<T>> {
+    ) {
+        let kind = T::SECTION;
         let type_name = match body.remove("type") {
             Some(toml::Value::String(s)) => s,
             Some(_) => {
@@ -584,7 +554,7 @@ impl Document {
                     Some("type"),
                     "type must be a string".into(),
                 ));
-                return None;
+                return;
             }
             None => {
                 problems.push(self.problem(
@@ -593,11 +563,11 @@ impl Document {
                     None,
                     format!("missing key `type`: one of {}", T::TYPES.join(", ")),
                 ));
-                return None;
+                return;
             }
         };
         let mut inputs = Vec::new();
-        if has_inputs {
+        if T::HAS_INPUTS {
             match body.remove("inputs") {
                 None => {}
                 Some(toml::Value::Array(items)) => {
@@ -638,24 +608,23 @@ impl Document {
                     T::TYPES.join(", ")
                 ),
             ));
-            return None;
+            return;
         }
         match T::parse(&type_name, body) {
             Ok(config) => {
                 for (key, message) in config.check() {
                     problems.push(self.problem(kind, name, Some(&key), message));
                 }
-                Some(Component {
+                out.push(Component {
                     name: name.to_string(),
                     inputs,
                     config,
-                })
+                });
             }
             Err(e) => {
                 let message = e.message().to_string();
                 let key = unknown_field(&message);
                 problems.push(self.problem(kind, name, key.as_deref(), describe(&message)));
-                None
             }
         }
     }
@@ -664,6 +633,8 @@ impl Document {
 /// The typed config of one section (sources, transforms, sinks).
 trait ComponentKind: Sized {
     const SECTION: &'static str;
+    /// Whether the component takes `inputs` (transforms and sinks do, sources do not).
+    const HAS_INPUTS: bool = true;
     const TYPES: &'static [&'static str];
     fn parse(type_name: &str, body: toml::Table) -> Result<Self, toml::de::Error>;
     /// Checks that need no I/O; returns (key, message) pairs.
@@ -678,6 +649,7 @@ fn typed<T: DeserializeOwned>(body: toml::Table) -> Result<T, toml::de::Error> {
 
 impl ComponentKind for SourceConfig {
     const SECTION: &'static str = "sources";
+    const HAS_INPUTS: bool = false;
     const TYPES: &'static [&'static str] = SOURCE_TYPES;
     fn parse(type_name: &str, body: toml::Table) -> Result<Self, toml::de::Error> {
         Ok(match type_name {
