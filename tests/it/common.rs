@@ -33,7 +33,7 @@ pub fn run_with_stdin(args: &[&str], stdin: &[u8], dir: &Path) -> Output {
 /// `evalsink generate` output.
 pub fn generated(args: &[&str]) -> Vec<u8> {
     let out = evalsink().arg("generate").args(args).output().unwrap();
-    assert!(out.status.success());
+    assert_success(&out);
     out.stdout
 }
 
@@ -97,4 +97,13 @@ pub fn sink_context(
         stats,
     };
     (ctx, thread)
+}
+
+/// Asserts that a command succeeded, showing its stderr when it did not.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -19,7 +19,7 @@ use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::SerializedFileReader;
 use serde_json::{Map, Value};
 
-use crate::common::{evalsink, generated, run_with_stdin, write_config};
+use crate::common::{assert_success, evalsink, generated, run_with_stdin, write_config};
 
 /// A pipeline config: stdin → classify → parquet into `{dir}/store`, with `extra` keys for the
 /// sink.
@@ -288,11 +288,7 @@ fn every_event_is_stored_once_with_typed_columns() {
     let input = sample_input(3000, 11);
     let path = config(dir.path(), "");
     let out = run_with_stdin(&["run", "-c", path.to_str().unwrap()], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let expected = input_events(&input);
     let rows = read_rows(dir.path());
     assert_rows_match(&rows, &expected);
@@ -348,11 +344,7 @@ fn drain_on_end_of_input_completes_the_open_files() {
     let path = config(dir.path(), "max_file_age_secs = 3600");
     let started = Instant::now();
     let out = run_with_stdin(&["run", "-c", path.to_str().unwrap()], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(started.elapsed() < Duration::from_secs(60));
     let files = parquet_files(dir.path());
     // One file per type and date: eight types on the generator's day, two extra dates.
@@ -390,11 +382,7 @@ fn files_roll_by_size() {
         "max_file_bytes = 65536\nrow_group_bytes = 16384\nbatch = { max_events = 200, timeout_secs = 0.1 }",
     );
     let out = run_with_stdin(&["run", "-c", path.to_str().unwrap()], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let files = parquet_files(dir.path());
     let queued: Vec<&PathBuf> = files
         .iter()
@@ -472,11 +460,7 @@ fn files_roll_by_age_while_events_keep_coming() {
     }
     let while_running = parquet_files(dir.path()).len();
     let out = run.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let first = first_file.expect("files appear while the pipeline runs");
     assert!(
         first < Duration::from_millis(1900),
@@ -508,11 +492,7 @@ fn sigterm_drains_the_open_files() {
         .unwrap();
     assert!(status.success());
     let out = run.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_rows_match(&read_rows(dir.path()), &input_events(&input));
 }
 
@@ -522,11 +502,7 @@ fn duckdb_and_pyarrow_read_the_files_as_they_are() {
     let input = sample_input(2000, 16);
     let path = config(dir.path(), "");
     let out = run_with_stdin(&["run", "-c", path.to_str().unwrap()], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let expected = count_by_type(&input_events(&input));
     let root = store_dir(dir.path()).join("events");
     let script = r#"

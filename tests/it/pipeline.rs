@@ -65,11 +65,7 @@ fn stdin_pipe_drains_and_counts_every_line() {
         .replace("max_line_bytes = 1000", "");
     std::fs::write(&cfg, cfg_text).unwrap();
     let out = run_with_stdin(&["run", "-c", &cfg], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ids = printed_ids(&out.stdout);
     let dead = dead_letters(&dir.path().join("data/dead-letter"));
     let lines = input
@@ -146,11 +142,7 @@ fn every_bad_line_reason_reaches_the_dead_letters() {
     input.extend_from_slice(b"\n\n   \n");
     input.extend_from_slice(event("last-without-newline").as_bytes());
     let out = run_with_stdin(&["run", "-c", &cfg], &input, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ids = printed_ids(&out.stdout);
     assert_eq!(
         ids.get("good"),
@@ -242,11 +234,7 @@ fn replay_reads_plain_gzip_zstd_and_globs_idempotently() {
         .args(["replay", "-c", &cfg, &pattern])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ids = printed_ids(&out.stdout);
     assert_eq!(ids.len(), 200);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -561,11 +549,7 @@ inputs = ["redact"]
         r#"{"type":"EVALUATION_QUEUED","eval_id":"e1","code":"aws_key = 'AKIAIOSFODNN7EXAMPLE'\nsha = 'da39a3ee5e6b4b0d3255bfef95601890afd80709'","language":"python","engine":"docker","timeout":5,"metadata":{}}"#
     );
     let out = run_with_stdin(&["run", "-c", &cfg], input.as_bytes(), dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 2);
     for secret in [key, token, "hunter2secret"] {

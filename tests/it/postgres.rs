@@ -105,11 +105,7 @@ fn replay_with_env(config: &str, input: &[u8], dir: &Path, env: &[(&str, &str)])
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     out
 }
 
@@ -162,11 +158,7 @@ fn migrate_creates_the_database_the_tables_the_role_and_the_policies() {
             .args(["migrate", "--database-url", &url])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     }
     block_on(async {
         let pool = pool(&url).await;
@@ -551,7 +543,7 @@ fn connections_killed_mid_run_lose_nothing() {
         .args(["migrate", "--database-url", &url])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert_success(&out);
     let child = evalsink()
         .args([
             "replay",

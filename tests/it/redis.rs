@@ -15,7 +15,9 @@ use evalsink::sinks::evaluation::{CacheUpdate, EvalRow};
 use evalsink::sinks::redis::{RedisConfig, RedisSink, cache_channel};
 use serde_json::json;
 
-use crate::common::{evalsink, redis_url, run_with_stdin, sink_context, write_config};
+use crate::common::{
+    assert_success, evalsink, redis_url, run_with_stdin, sink_context, write_config,
+};
 
 /// A key prefix of its own for each test, emptied before and after.
 struct Prefix {
@@ -736,11 +738,7 @@ fn tls_with_a_private_ca() {
     let d = certs.path().display().to_string();
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     };
     openssl(&[
         "req",

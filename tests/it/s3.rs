@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{evalsink, generated, s3_endpoint, write_config};
+use crate::common::{assert_success, evalsink, generated, s3_endpoint, write_config};
 
 const REGION: &str = "us-east-1";
 
@@ -400,11 +400,7 @@ fn replay(dir: &Path, config: &Path, input: &[u8]) -> Output {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     out
 }
 
@@ -837,11 +833,7 @@ fn split_with_the_local_store() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stored = check_split_events(&out.stdout, &input);
     assert!(stored.len() >= 10, "the input has large outputs");
     for (id, key, text) in &stored {
