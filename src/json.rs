@@ -32,13 +32,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, target: Target) {
 /// As [`write_event`], but leaves out the top-level string fields named in `left_out` (those
 /// that split did not move out: a moved field is written as its reference).
 pub fn write_event_without(out: &mut Vec<u8>, event: &Event, target: Target, left_out: &[&str]) {
-    let mut w = Writer {
-        start: out.len(),
-        out,
-        target,
-        members: Vec::new(),
-    };
-    w.out.push(b'{');
+    let mut w = Writer::open(out, target);
     w.str_field("event_id", &event.id);
     w.str_field("type", event.event_type().as_str());
     w.ts_field("timestamp", &event.ts);
@@ -181,32 +175,14 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value, target: Target) {
     }
 }
 
+/// Appends a JSON object (for [`Target::Jsonb`], its members in jsonb's order).
 pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>, target: Target) {
-    match target {
-        Target::Json => write_members(out, map.iter(), target),
-        Target::Jsonb => {
-            let mut members: Vec<_> = map.iter().collect();
-            members.sort_by(|(a, _), (b, _)| jsonb_key_order(a.as_bytes(), b.as_bytes()));
-            write_members(out, members.into_iter(), target);
-        }
+    let mut w = Writer::open(out, target);
+    for (key, value) in map {
+        w.key(key);
+        write_value(w.out, value, target);
     }
-}
-
-fn write_members<'a>(
-    out: &mut Vec<u8>,
-    members: impl Iterator<Item = (&'a String, &'a Value)>,
-    target: Target,
-) {
-    out.push(b'{');
-    for (i, (k, v)) in members.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, k, target);
-        out.push(b':');
-        write_value(out, v, target);
-    }
-    out.push(b'}');
+    w.finish();
 }
 
 /// jsonb's order of keys: shorter first, then byte by byte.
@@ -242,7 +218,19 @@ struct Member {
     whole: Range<usize>,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// Opens an object at the end of `out`.
+    fn open(out: &'a mut Vec<u8>, target: Target) -> Writer<'a> {
+        let start = out.len();
+        out.push(b'{');
+        Writer {
+            out,
+            target,
+            start,
+            members: Vec::new(),
+        }
+    }
+
     fn key(&mut self, key: &str) {
         self.end_member();
         if self.out.len() > self.start + 1 {
